@@ -1,0 +1,190 @@
+"""Engine creation in one place, for sync and async engines alike.
+
+What every engine built here gets:
+
+* a pool chosen by environment (seed 002): ``QueuePool``/``AsyncAdaptedQueuePool`` sized from the
+  config; ``NullPool`` for ``environment=test`` on a server database; ``StaticPool`` for in-memory
+  SQLite (one shared connection, or the data would vanish between sessions);
+* connect-time settings, applied through events with no extra round trip where the driver allows:
+  PostgreSQL ``TimeZone=UTC``, ``statement_timeout``, ``application_name`` (psycopg ``options``,
+  asyncpg ``server_settings``, both in the startup packet); SQLite ``foreign_keys=ON``,
+  ``busy_timeout``, WAL for files, and SQLAlchemy's BEGIN-event recipe so that SAVEPOINT and
+  transactional DDL work on pysqlite and aiosqlite; MySQL strict ``sql_mode`` and UTC;
+* translation of driver errors into :mod:`repom.exceptions` (``handle_error`` hook).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import create_engine as sa_create_engine
+from sqlalchemy import event, pool
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine.interfaces import ExceptionContext
+
+from repom.config import RepomConfig, get_config
+from repom.exceptions import translate
+from repom.urls import backend_name, is_memory_sqlite, validate_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["build_async_engine", "build_engine", "engine_arguments", "install_engine_events"]
+
+_POOL_SIZING = ("pool_size", "max_overflow", "pool_timeout", "pool_use_lifo")
+
+
+def engine_arguments(
+    config: RepomConfig, url: str | URL, *, is_async: bool, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The keyword arguments for ``create_engine``/``create_async_engine``, pool policy applied."""
+    kwargs = dict(config.engine_kwargs)
+    if overrides:
+        kwargs.update(overrides)
+    memory = is_memory_sqlite(url)
+    poolclass: type[pool.Pool] | None = kwargs.pop("poolclass", None)
+    if poolclass is None:
+        choice = config.pool_class
+        if memory:
+            choice = "static"
+        elif choice is None:
+            choice = "null" if config.environment == "test" else "queue"
+        if choice == "static":
+            poolclass = pool.StaticPool
+        elif choice == "null":
+            poolclass = pool.NullPool
+        else:
+            poolclass = pool.AsyncAdaptedQueuePool if is_async else pool.QueuePool
+    kwargs["poolclass"] = poolclass
+    if not issubclass(poolclass, pool.QueuePool):
+        for key in _POOL_SIZING:
+            kwargs.pop(key, None)
+    if memory and backend_name(url) == "sqlite":
+        connect_args = dict(kwargs.get("connect_args") or {})
+        connect_args.setdefault("check_same_thread", False)
+        kwargs["connect_args"] = connect_args
+    return kwargs
+
+
+def install_engine_events(engine: Engine, config: RepomConfig) -> None:
+    """Attach repom's connect-time settings and error translation to a (sync) engine."""
+    backend = engine.dialect.name
+    driver = engine.dialect.driver
+    if backend == "sqlite":
+        _install_sqlite(engine, config)
+    elif backend == "postgresql":
+        _install_postgresql(engine, config, driver)
+    elif backend in ("mysql", "mariadb"):
+        _install_mysql(engine)
+    event.listen(engine, "handle_error", _translate_error, retval=True)
+
+
+def _translate_error(context: ExceptionContext) -> BaseException | None:
+    if context.is_pre_ping:
+        return None
+    error = context.sqlalchemy_exception
+    if error is None:
+        return None
+    new = translate(error)
+    return new if new is not error else None
+
+
+def _install_sqlite(engine: Engine, config: RepomConfig) -> None:
+    memory = is_memory_sqlite(engine.url)
+    busy_ms = int(config.sqlite_busy_timeout * 1000)
+    wal = config.sqlite_wal and not memory
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        # SQLAlchemy emits BEGIN itself (see the "begin" hook): stop the sqlite3 module from
+        # doing its own, partial, transaction control so SAVEPOINT and DDL are transactional.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms:d}")
+            if wal:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(connection: Any) -> None:
+        mode = connection.get_execution_options().get("sqlite_begin")
+        if mode == "immediate":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
+
+
+def _pg_options(config: RepomConfig) -> dict[str, str]:
+    settings = {"TimeZone": "UTC"}
+    if config.statement_timeout is not None:
+        settings["statement_timeout"] = str(int(config.statement_timeout * 1000))
+    return settings
+
+
+def _install_postgresql(engine: Engine, config: RepomConfig, driver: str) -> None:
+    settings = _pg_options(config)
+    app_name = config.application_name
+
+    @event.listens_for(engine, "do_connect")
+    def _pg_connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        if driver == "asyncpg":
+            server_settings = dict(cparams.get("server_settings") or {})
+            for key, value in settings.items():
+                server_settings.setdefault(key, value)
+            server_settings.setdefault("application_name", app_name)
+            cparams["server_settings"] = server_settings
+        else:  # psycopg / psycopg2: libpq "options" and application_name
+            opts = " ".join(f"-c {key}={value}" for key, value in settings.items())
+            existing = cparams.get("options")
+            cparams["options"] = f"{existing} {opts}" if existing else opts
+            cparams.setdefault("application_name", app_name)
+
+
+def _install_mysql(engine: Engine) -> None:
+    init = (
+        "SET SESSION sql_mode='STRICT_ALL_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,"
+        "ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION', time_zone='+00:00'"
+    )
+
+    @event.listens_for(engine, "do_connect")
+    def _mysql_connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        cparams.setdefault("init_command", init)
+
+
+def _resolve(config: RepomConfig | None, url: str | URL | None, is_async: bool) -> tuple[Any, Any]:
+    config = config or get_config()
+    if url is None:
+        url = config.async_url if is_async else config.url
+    if isinstance(url, str):
+        url = validate_url(url)
+    return config, make_url(url)
+
+
+def build_engine(
+    url: str | URL | None = None, *, config: RepomConfig | None = None, **overrides: Any
+) -> Engine:
+    """Create a sync engine from *config* (default: :func:`get_config`) and optional *url*."""
+    config, parsed = _resolve(config, url, False)
+    engine = sa_create_engine(
+        parsed, **engine_arguments(config, parsed, is_async=False, overrides=overrides)
+    )
+    install_engine_events(engine, config)
+    return engine
+
+
+def build_async_engine(
+    url: str | URL | None = None, *, config: RepomConfig | None = None, **overrides: Any
+) -> AsyncEngine:
+    """Create an async engine (greenlet and an async driver are needed from here on only)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    config, parsed = _resolve(config, url, True)
+    engine = create_async_engine(
+        parsed, **engine_arguments(config, parsed, is_async=True, overrides=overrides)
+    )
+    install_engine_events(engine.sync_engine, config)
+    return engine

@@ -1,0 +1,105 @@
+"""The seeds' names (``TransactionManager``, ``SessionManager``) as thin faces over
+:func:`repom.transactions.transaction`.
+
+Each method returns a :class:`~repom.transactions.Transaction`, usable with ``with`` on a
+:class:`~repom.database.Database` and with ``async with`` on an ``AsyncDatabase``::
+
+    tm = TransactionManager(get_async_database())
+    async with tm.transaction() as session: ...
+    async with tm.read_only_session() as session: ...
+    async with tm.nested_transaction(session): ...      # SAVEPOINT
+    async with tm.batch_session() as session: ...       # SET LOCAL synchronous_commit = off
+
+Seed 000's ``DatabaseManager``-based construction also works: ``TransactionManager(db_manager)``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from repom.transactions.core import IsolationLevel, Propagation, Transaction, transaction
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
+
+    from repom.database import AsyncDatabase, Database, DatabaseManager
+
+__all__ = ["SessionManager", "TransactionManager"]
+
+
+def _database(source: Any) -> Database | AsyncDatabase | None:
+    if source is None:
+        return None
+    from repom.database import AsyncDatabase, Database, DatabaseManager
+
+    if isinstance(source, (Database, AsyncDatabase)):
+        return source
+    if isinstance(source, DatabaseManager):
+        return source.database
+    raise TypeError(
+        f"expected a Database, AsyncDatabase or DatabaseManager, got {type(source).__name__}"
+    )
+
+
+class TransactionManager:
+    """Seeds 000/003: ``transaction()``, ``read_only_session()``, ``nested_transaction(session)``,
+    ``batch_session()``.  ``database=None`` uses the module default of the flavour in use."""
+
+    def __init__(self, database: Database | AsyncDatabase | DatabaseManager | None = None) -> None:
+        self.database = _database(database)
+
+    def transaction(
+        self,
+        *,
+        isolation: IsolationLevel | str | None = None,
+        propagation: Propagation | str = Propagation.REQUIRED,
+        **options: Any,
+    ) -> Transaction:
+        return transaction(
+            database=self.database, isolation=isolation, propagation=propagation, **options
+        )
+
+    def read_only_session(self, **options: Any) -> Transaction:
+        return transaction(database=self.database, read_only=True, **options)
+
+    def nested_transaction(self, session: Session | AsyncSession) -> Transaction:
+        """A SAVEPOINT on *session* (the surrounding transaction continues if it rolls back)."""
+        return transaction(session=session, propagation=Propagation.NESTED)
+
+    def batch_session(self, batch_size: int = 1000, **options: Any) -> Transaction:
+        """A transaction for bulk work: on PostgreSQL ``SET LOCAL synchronous_commit = off``
+        (scoped to the transaction, never left on the pooled connection).  ``batch_size`` is
+        accepted for seed compatibility; chunking is the repository's ``bulk_create`` job."""
+        if batch_size <= 0:
+            from repom.transactions.core import InvalidTransactionOption
+
+            raise InvalidTransactionOption("batch_size must be positive", option="batch_size")
+        return transaction(
+            database=self.database,
+            propagation=Propagation.REQUIRES_NEW,
+            synchronous_commit_off=True,
+            **options,
+        )
+
+
+class SessionManager(TransactionManager):
+    """Seed 000's ``SessionManager``: ``get_session(isolation_level=..., read_only=...)`` and
+    ``batch_session(batch_size=...)``.  The isolation level is validated against
+    :class:`IsolationLevel`; it is never pasted into SQL."""
+
+    def __init__(
+        self, db_manager: Database | AsyncDatabase | DatabaseManager | None = None
+    ) -> None:
+        super().__init__(db_manager)
+        self.db_manager = db_manager
+
+    def get_session(
+        self, isolation_level: IsolationLevel | str | None = None, read_only: bool = False
+    ) -> Transaction:
+        return transaction(
+            database=self.database,
+            isolation=isolation_level,
+            read_only=read_only or None,
+            propagation=Propagation.REQUIRES_NEW,
+        )
