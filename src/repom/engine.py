@@ -109,6 +109,18 @@ def _install_sqlite(engine: Engine, config: RepomConfig) -> None:
         finally:
             cursor.close()
 
+    @event.listens_for(engine, "reset")
+    def _sqlite_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any) -> None:
+        # a read-only transaction that could not reset its PRAGMA query_only (connection error)
+        if connection_record is not None and connection_record.info.pop(
+            "repom_query_only", False
+        ):
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("PRAGMA query_only=OFF")
+            finally:
+                cursor.close()
+
     @event.listens_for(engine, "begin")
     def _sqlite_begin(connection: Any) -> None:
         mode = connection.get_execution_options().get("sqlite_begin")

@@ -125,7 +125,7 @@ class _TxState:
     owner: object
     levels: list[_Level] = field(default_factory=lambda: [_Level()])
     dialect: str = ""
-    sqlite_query_only: bool = False
+    query_only_conn: Connection | None = None  # SQLite connection running PRAGMA query_only
 
 
 _Kind = Literal["begin", "join", "savepoint", "none"]
@@ -338,7 +338,8 @@ def _begin_sync(sync_session: Session, state: _TxState, opts: _Options) -> None:
     if opts.read_only:
         if dialect == "sqlite":
             conn.exec_driver_sql("PRAGMA query_only=ON")
-            state.sqlite_query_only = True
+            state.query_only_conn = conn
+            conn.info["repom_query_only"] = True  # the pool "reset" hook is the safety net
         elif dialect in ("mysql", "mariadb"):
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")
         elif dialect == "postgresql" and bound_to_connection:
@@ -357,12 +358,14 @@ def _begin_sync(sync_session: Session, state: _TxState, opts: _Options) -> None:
         conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
 
 
-def _reset_sqlite_query_only(sync_session: Session, state: _TxState) -> None:
-    if state.sqlite_query_only:
-        state.sqlite_query_only = False
+def _reset_sqlite_query_only(state: _TxState) -> None:
+    conn = state.query_only_conn
+    if conn is not None:
+        state.query_only_conn = None
         try:
-            sync_session.connection().exec_driver_sql("PRAGMA query_only=OFF")
-        except Exception:  # the connection is gone: nothing to reset
+            conn.exec_driver_sql("PRAGMA query_only=OFF")
+            conn.info.pop("repom_query_only", None)
+        except Exception:  # the connection is gone: the pool reset hook covers it
             logger.debug("could not reset PRAGMA query_only", exc_info=True)
 
 
@@ -392,7 +395,7 @@ def _rollback_savepoint(savepoint: SessionTransaction) -> None:
 
 def _rollback_and_close(sync_session: Session, state: _TxState, *, close: bool) -> None:
     try:
-        _reset_sqlite_query_only(sync_session, state)
+        _reset_sqlite_query_only(state)
         sync_session.rollback()
     finally:
         state.levels = [_Level()]
@@ -446,7 +449,7 @@ def _exit_sync(
             )
         return []
     try:
-        _reset_sqlite_query_only(sync_session, state)
+        _reset_sqlite_query_only(state)
         sync_session.commit()
     except BaseException as exc:
         try:
@@ -641,9 +644,10 @@ class Transaction:
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 async def attempt() -> Any:
                     async with once._fresh() as session:
+                        call_kwargs = kwargs
                         if wants_session and "session" not in kwargs:
-                            kwargs["session"] = session
-                        return await func(*args, **kwargs)
+                            call_kwargs = {**kwargs, "session": session}
+                        return await func(*args, **call_kwargs)
 
                 if policy is None or policy.max_retries <= 0:
                     return await attempt()
@@ -658,9 +662,10 @@ class Transaction:
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             def attempt() -> Any:
                 with once._fresh() as session:
+                    call_kwargs = kwargs
                     if wants_session and "session" not in kwargs:
-                        kwargs["session"] = session
-                    return func(*args, **kwargs)
+                        call_kwargs = {**kwargs, "session": session}
+                    return func(*args, **call_kwargs)
 
             if policy is None or policy.max_retries <= 0:
                 return attempt()
