@@ -50,7 +50,7 @@ class RepomConfig(BaseSettings):
 
     database_url: str | None = Field(
         default=None,
-        validation_alias=AliasChoices("database_url", "REPOM_DATABASE_URL", "DATABASE_URL"),
+        validation_alias=AliasChoices("REPOM_DATABASE_URL", "DATABASE_URL"),
         description="SQLAlchemy URL. Default: sqlite:///./repom.sqlite3 (in memory when "
         "environment=test).",
     )
@@ -80,7 +80,7 @@ class RepomConfig(BaseSettings):
     max_page_size: int = Field(default=1000, ge=1, description="Cap on repository limits.")
     config_hook: str | None = Field(
         default=None,
-        validation_alias=AliasChoices("config_hook", "CONFIG_HOOK", "REPOM_CONFIG_HOOK"),
+        validation_alias=AliasChoices("REPOM_CONFIG_HOOK", "CONFIG_HOOK"),
     )
 
     @field_validator("environment", mode="before")
@@ -172,7 +172,7 @@ def _settings_error(exc: ValidationError) -> ConfigurationError:
 
 
 def build_config(**overrides: Any) -> RepomConfig:
-    """Build a :class:`RepomConfig` from the environment and ``.env``, then apply ``CONFIG_HOOK``."""
+    """Build a :class:`RepomConfig` from the environment and ``.env``; apply ``CONFIG_HOOK``."""
     try:
         config = RepomConfig(**overrides)
     except ValidationError as exc:

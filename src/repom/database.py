@@ -142,7 +142,7 @@ class Database(_DatabaseBase[Engine, Connection]):
         return factory
 
     def session(self, **kwargs: Any) -> Session:
-        """A new session (the caller closes it).  Bound to the test connection during :meth:`bind`."""
+        """A new session (the caller closes it); bound to the connection given to :meth:`bind`."""
         bound = self._bound
         if bound is not None:
             kwargs.setdefault("bind", bound)
@@ -277,12 +277,13 @@ class AsyncDatabase(_DatabaseBase["AsyncEngine", "AsyncConnection"]):
 # --------------------------------------------------------------------------- defaults
 
 _defaults_lock = threading.Lock()
+_background: set[asyncio.Task[None]] = set()
 _default_sync: Database | None = None
 _default_async: AsyncDatabase | None = None
 
 
 def get_database() -> Database:
-    """The default sync :class:`Database`, built from :func:`repom.config.get_config` on first use."""
+    """The default sync :class:`Database`, built from :func:`get_config` on first use."""
     global _default_sync
     db = _default_sync
     if db is None:
@@ -335,7 +336,8 @@ def reset_default_databases() -> None:
         except RuntimeError:
             async_db._engine.sync_engine.dispose(close=False)
         else:
-            loop.create_task(async_db.dispose())
+            _background.add(task := loop.create_task(async_db.dispose()))
+            task.add_done_callback(_background.discard)
 
 
 # --------------------------------------------------------------------------- seed names

@@ -112,9 +112,7 @@ def _install_sqlite(engine: Engine, config: RepomConfig) -> None:
     @event.listens_for(engine, "reset")
     def _sqlite_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any) -> None:
         # a read-only transaction that could not reset its PRAGMA query_only (connection error)
-        if connection_record is not None and connection_record.info.pop(
-            "repom_query_only", False
-        ):
+        if connection_record is not None and connection_record.info.pop("repom_query_only", False):
             cursor = dbapi_connection.cursor()
             try:
                 cursor.execute("PRAGMA query_only=OFF")

@@ -71,7 +71,7 @@ class RetryPolicy:
     def wait_before(self, attempt: int) -> float:
         """Seconds to wait before retry number *attempt* (1-based)."""
         cap = min(self.max_delay, self.delay * self.backoff_factor ** (attempt - 1))
-        return random.uniform(0, cap) if self.jitter else cap  # noqa: S311 - not crypto
+        return random.uniform(0, cap) if self.jitter else cap
 
 
 def is_retryable(error: BaseException, *, idempotent: bool = False) -> bool:

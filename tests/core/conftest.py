@@ -1,4 +1,4 @@
-"""Fixtures for the core tests: one scenario body, four flavours (sqlite|postgresql x sync|async)."""
+"""Core test fixtures: one scenario body, four flavours (sqlite|postgresql x sync|async)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class Flavor:
         return await maybe_await(value)
 
     def enter(self, cm: Any) -> Any:
-        """``async with flavor.enter(cm)``: async flavour uses ``async with``, sync uses ``with``."""
+        """``async with flavor.enter(cm)``: ``async with`` when async, else ``with``."""
         if self.is_async:
             return cm
         return enter(_SyncOnly(cm))

@@ -45,7 +45,9 @@ async def test_serialization_failure_retries_whole_function(flavor: Flavor) -> N
 
     async def body(session: Any) -> None:
         attempts.append(1)
-        acc = (await flavor.run(session.execute(select(Account).where(Account.id == 1)))).scalar_one()
+        acc = (
+            await flavor.run(session.execute(select(Account).where(Account.id == 1)))
+        ).scalar_one()
         if len(attempts) == 1:
             interfere(flavor)  # makes this attempt's UPDATE fail with SQLSTATE 40001
         acc.balance -= 10
@@ -192,8 +194,10 @@ def _setup_accounts(url: str) -> Any:
 def _totals(engine: Any) -> tuple[int, int]:
     with engine.connect() as conn:
         total, negative = conn.execute(
-            text("SELECT SUM(balance), SUM(CASE WHEN balance < 0 THEN 1 ELSE 0 END) "
-                 "FROM core_accounts")
+            text(
+                "SELECT SUM(balance), SUM(CASE WHEN balance < 0 THEN 1 ELSE 0 END) "
+                "FROM core_accounts"
+            )
         ).one()
     return int(total), int(negative)
 
@@ -226,8 +230,11 @@ def test_concurrent_serializable_transfers(pg_url: str, retries: int, flavor_sta
     outcomes: dict[str, int] = {"committed": 0, "insufficient": 0, "failed": 0}
     lock = threading.Lock()
 
-    @transactional(database=db, isolation=IsolationLevel.SERIALIZABLE,
-                   retries=RetryPolicy(max_retries=retries, delay=0.002, max_delay=0.05))
+    @transactional(
+        database=db,
+        isolation=IsolationLevel.SERIALIZABLE,
+        retries=RetryPolicy(max_retries=retries, delay=0.002, max_delay=0.05),
+    )
     def transfer(src: int, dst: int, amount: int, session: Any = None) -> None:
         transfer_sync(session, src, dst, amount)
 

@@ -89,9 +89,7 @@ async def test_nested_savepoints_three_deep(flavor: Flavor) -> None:
             with pytest.raises(DuplicateKeyError):
                 async with flavor.enter(transaction(database=flavor.db, propagation=nested)):
                     await add(flavor, session, Account(id=3, owner="level2"))
-                    async with flavor.enter(
-                        transaction(database=flavor.db, propagation=nested)
-                    ):
+                    async with flavor.enter(transaction(database=flavor.db, propagation=nested)):
                         await add(flavor, session, Account(id=4, owner="level3"))
                     await add(flavor, session, Account(id=5, owner="level0"))  # duplicate
             # the failed level-2 savepoint (and level 3 inside it) is gone; level 1 continues
@@ -198,9 +196,7 @@ async def test_isolation_applied_validated_and_never_built_from_strings(flavor: 
             level = await flavor.run(s.execute(text("SHOW transaction_isolation")))
             assert level.scalar() == "serializable"
         with pytest.raises(IllegalTransactionStateError, match="READ COMMITTED"):
-            async with flavor.enter(
-                transaction(database=flavor.db, isolation="read committed")
-            ):
+            async with flavor.enter(transaction(database=flavor.db, isolation="read committed")):
                 pass
     flavor.statements.clear()
     with pytest.raises(InvalidTransactionOption, match="invalid isolation level") as info:

@@ -71,7 +71,7 @@ async def maybe_await(value: Any) -> Any:
 
 @asynccontextmanager
 async def enter(cm: Any) -> AsyncIterator[Any]:
-    """Enter *cm* with ``async with`` when it supports it and the flavour is async, else ``with``."""
+    """Enter *cm* with ``async with`` when it supports it, else with ``with``."""
     if hasattr(cm, "__aenter__"):
         async with cm as value:
             yield value

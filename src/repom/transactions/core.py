@@ -580,6 +580,7 @@ class Transaction:
             )
         finally:
             self._pop(scope)
+        _raise_translated(exc)
         for callback in callbacks:
             result = callback()
             if inspect.isawaitable(result):  # pragma: no cover - guarded in on_commit
@@ -614,6 +615,7 @@ class Transaction:
             callbacks = await _shielded(_aexit_scope(scope, exc))
         finally:
             self._pop(scope)
+        _raise_translated(exc)
         for callback in callbacks:
             result = callback()
             if inspect.isawaitable(result):
@@ -675,6 +677,16 @@ class Transaction:
             return run_with_retry(attempt, policy)
 
         return cast(F, sync_wrapper)
+
+
+def _raise_translated(error: BaseException | None) -> None:
+    """Errors leaving a scope reach the caller as repom's typed errors (pool timeout ->
+    PoolExhausted, StaleDataError -> ConflictError); others propagate unchanged."""
+    if error is None:
+        return
+    new = translate(error)
+    if new is not error:
+        raise new from error
 
 
 def _none_sync(scope: _Scope) -> Session | None:
