@@ -300,3 +300,46 @@ async def test_cancelled_task_commits_nothing_and_returns_connection(flavor: Fla
         await task
     assert owners(flavor) == []
     assert flavor.db.engine.sync_engine.pool.checkedout() == 0  # type: ignore[union-attr]
+
+
+async def test_one_transaction_object_in_concurrent_tasks_or_threads(flavor: Flavor) -> None:
+    """A module-level ``tx = transaction()`` entered from several tasks/threads at once."""
+    import threading
+
+    tx = transaction(database=flavor.db)
+    sessions: list[Any] = []
+    if flavor.is_async:
+
+        async def worker() -> None:
+            async with tx as session:
+                await session.execute(text("SELECT 1"))
+                await asyncio.sleep(0.01)
+                assert current_session() is session
+                sessions.append(session)
+
+        await asyncio.gather(*(worker() for _ in range(3)))
+        # a child task must not share the parent's AsyncSession
+        async with transaction(database=flavor.db):
+
+            async def child() -> None:
+                async with transaction(database=flavor.db):
+                    pass
+
+            with pytest.raises(IllegalTransactionStateError, match="another task"):
+                await asyncio.create_task(child())
+    else:
+        barrier = threading.Barrier(3)
+
+        def worker() -> None:
+            with tx as session:
+                session.execute(text("SELECT 1"))
+                barrier.wait()
+                assert current_session() is session
+                sessions.append(session)
+
+        threads = [threading.Thread(target=worker) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len({id(s) for s in sessions}) == 3

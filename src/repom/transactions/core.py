@@ -567,11 +567,11 @@ class Transaction:
         scope, sync = self._new_scope(False)
         _enter_sync(sync, scope)
         self._push(scope)
-        self._sync_scopes().append(scope)
+        self._entered().append(scope)
         return cast(Session, self._yielded(scope))
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        scope = self._sync_scopes().pop()
+        scope = self._take_entered()
         try:
             callbacks = _exit_sync(
                 scope.state.sync_session if scope.state is not None else _none_sync(scope),
@@ -586,11 +586,23 @@ class Transaction:
             if inspect.isawaitable(result):  # pragma: no cover - guarded in on_commit
                 raise TransactionError("async on_commit callback in a sync transaction")
 
-    def _sync_scopes(self) -> list[_Scope]:
-        scopes: list[_Scope] | None = self.__dict__.get("_scopes_sync")
+    def _entered(self) -> list[_Scope]:
+        scopes: list[_Scope] | None = self.__dict__.get("_scopes")
         if scopes is None:
-            scopes = self.__dict__["_scopes_sync"] = []
+            scopes = self.__dict__["_scopes"] = []
         return scopes
+
+    def _take_entered(self) -> _Scope:
+        """The scope this exit belongs to: the newest one of this object that is on the current
+        context's stack (so one object may be entered in several threads/tasks at once), or, when
+        the exit runs in another context (an abandoned generator closed by the event loop), the
+        newest one entered."""
+        scopes = self._entered()
+        on_stack = _stack.get()
+        for index in range(len(scopes) - 1, -1, -1):
+            if any(scopes[index] is s for s in on_stack):
+                return scopes.pop(index)
+        return scopes.pop()
 
     # -- async -------------------------------------------------------------------------
 
@@ -606,11 +618,11 @@ class Transaction:
                     await _shielded(async_session.close())
                 raise
         self._push(scope)
-        self._async_scopes().append(scope)
+        self._entered().append(scope)
         return cast("AsyncSession", self._yielded(scope))
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        scope = self._async_scopes().pop()
+        scope = self._take_entered()
         try:
             callbacks = await _shielded(_aexit_scope(scope, exc))
         finally:
@@ -620,12 +632,6 @@ class Transaction:
             result = callback()
             if inspect.isawaitable(result):
                 await result
-
-    def _async_scopes(self) -> list[_Scope]:
-        scopes: list[_Scope] | None = self.__dict__.get("_scopes_async")
-        if scopes is None:
-            scopes = self.__dict__["_scopes_async"] = []
-        return scopes
 
     # -- decorator ---------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Benchmarks: repom beside raw SQLAlchemy and advanced-alchemy, ratios from one run."""
