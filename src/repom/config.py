@@ -159,14 +159,15 @@ class RepomConfig(BaseSettings):
 def _settings_error(exc: ValidationError) -> ConfigurationError:
     first = exc.errors()[0]
     loc = ".".join(str(part) for part in first.get("loc", ())) or "config"
-    variable = f"REPOM_{loc.upper()}" if loc != "config" else None
-    if loc == "database_url":
+    key = loc.lower().removeprefix("repom_")
+    variable = f"REPOM_{key.upper()}" if loc != "config" else None
+    if key == "database_url":
         variable = "DATABASE_URL / REPOM_DATABASE_URL"
     msg = first.get("msg", "invalid value")
     ctx_error = first.get("ctx", {}).get("error")
     if isinstance(ctx_error, ConfigurationError):
         msg = str(ctx_error)
-    if loc == "environment":
+    if key == "environment":
         msg += " (allowed: dev, test, production)"
     return ConfigurationError(f"invalid configuration {variable or loc}: {msg}", variable=variable)
 

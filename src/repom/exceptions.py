@@ -420,7 +420,11 @@ def translate(error: BaseException) -> BaseException:
     if isinstance(error, sa_exc.DBAPIError):
         found = _classify(error)
         if found is None:
-            if error.connection_invalidated:
+            if error.connection_invalidated or (
+                # no statement: the connection itself could not be made (refused, DNS, auth
+                # timeouts) -- the drivers give no SQLSTATE for these
+                isinstance(error, sa_exc.OperationalError) and error.statement is None
+            ):
                 found = (ConnectionLost, {})
             else:
                 return error

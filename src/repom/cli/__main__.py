@@ -1,0 +1,7 @@
+"""``python -m repom.cli``."""
+
+import sys
+
+from repom.cli import main
+
+sys.exit(main())

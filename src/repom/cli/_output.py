@@ -1,0 +1,90 @@
+"""Console output and error reporting for the ``repom`` command line."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+__all__ = [
+    "console",
+    "describe_error",
+    "err_console",
+    "escape",
+    "print_error",
+    "remember_url",
+    "state",
+]
+
+
+class _State:
+    debug: bool = os.environ.get("REPOM_DEBUG", "").lower() in ("1", "true", "yes")
+    target: str | None = None  # masked URL of the database the command works on
+    secrets: tuple[str, ...] = ()
+
+
+state = _State()
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _collapse(text: str) -> str:
+    text = " ".join(text.split())
+    return text.split(" (Background on this error at:")[0]
+
+
+def _mask_secrets(text: str) -> str:
+    """Remove a password that a driver may have echoed back."""
+    for secret in state.secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def remember_url(url: str) -> None:
+    """Note the database URL in use: error messages name it (masked) and never show its password."""
+    from sqlalchemy.engine import make_url
+
+    from repom.urls import mask_url
+
+    state.target = mask_url(url)
+    try:
+        password = make_url(url).password
+    except Exception:
+        return
+    if password:
+        state.secrets = (*state.secrets, str(password))
+
+
+def describe_error(exc: BaseException) -> str:
+    """One readable line for *exc* (no traceback, no SQL, no secrets)."""
+    from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+
+    from repom.exceptions import ConnectionLost, RepomError
+
+    if isinstance(exc, DBAPIError):
+        orig: Any = exc.orig
+        lines = str(orig if orig is not None else exc).splitlines()
+        # PostgreSQL appends the statement ("LINE 1: ...") and a caret line: not for users
+        kept = [ln for ln in lines if not ln.startswith("LINE ") and ln.strip() != "^"]
+        detail = _collapse("\n".join(kept))
+        where = f" ({state.target})" if state.target else ""
+        # no statement: the failure happened while connecting (refused, unknown host, auth, ...)
+        connecting = isinstance(exc, OperationalError) and exc.statement is None
+        if connecting or isinstance(exc, ConnectionLost) or exc.connection_invalidated:
+            return _mask_secrets(f"database connection failed{where}: {detail}")
+        return _mask_secrets(f"database error{where}: {detail}")
+    if isinstance(exc, RepomError):
+        return _mask_secrets(_collapse(str(exc)) or type(exc).__name__)
+    if isinstance(exc, SQLAlchemyError):
+        return _mask_secrets(f"{type(exc).__name__}: {_collapse(str(exc))}")
+    if isinstance(exc, OSError):
+        return _mask_secrets(_collapse(str(exc)))
+    text = _mask_secrets(_collapse(str(exc)))
+    return f"unexpected error: {type(exc).__name__}: {text} (run with --debug for the traceback)"
+
+
+def print_error(message: str) -> None:
+    err_console.print(f"[bold red]Error:[/] {escape(message)}")
