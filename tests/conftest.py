@@ -5,4 +5,4 @@ PostgreSQL at ``REPOM_TEST_PG_URL`` (default ``postgresql://postgres@127.0.0.1:5
 With ``CI=true`` a PostgreSQL test that cannot connect fails; elsewhere it is skipped.
 """
 
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["tests.support.fixtures", "pytester"]

@@ -126,6 +126,9 @@ class _TxState:
     levels: list[_Level] = field(default_factory=lambda: [_Level()])
     dialect: str = ""
     query_only_conn: Connection | None = None  # SQLite connection running PRAGMA query_only
+    # bound (test) mode: the transaction is a savepoint, and SET LOCAL outlives a RELEASE, so the
+    # settings a scope changed are put back before its "commit"
+    restore_settings: dict[str, str] = field(default_factory=dict)
 
 
 _Kind = Literal["begin", "join", "savepoint", "none"]
@@ -191,6 +194,20 @@ def _find_active(is_async: bool, database: object | None) -> _Scope | None:
     return None
 
 
+# Where after-commit callbacks go instead of running while repom.testing's
+# capture_on_commit_callbacks() is active.  A plain list rather than a ContextVar: a capture in a
+# test must also see commits made by other threads (a FastAPI TestClient request).
+_commit_sinks: list[list[Callback]] = []
+
+
+def _due(callbacks: list[Callback]) -> list[Callback]:
+    """The callbacks to run now: all of them, or none while a test captures them."""
+    if _commit_sinks:
+        _commit_sinks[-1].extend(callbacks)
+        return []
+    return callbacks
+
+
 def current_session() -> Any:
     """The session of the innermost active transaction in this thread/task.
 
@@ -218,6 +235,9 @@ def on_commit(callback: Callback, *, session: Session | AsyncSession | None = No
     """
     state = _state_for(session)
     if state is None:
+        if _commit_sinks:
+            _commit_sinks[-1].append(callback)
+            return
         result = callback()
         if inspect.isawaitable(result):
             raise TransactionError(
@@ -350,12 +370,30 @@ def _begin_sync(sync_session: Session, state: _TxState, opts: _Options) -> None:
                 f"timeout= is supported on PostgreSQL only (this database is {dialect})",
                 option="timeout",
             )
-        conn.execute(
-            text("SELECT set_config('statement_timeout', :ms, true)"),
-            {"ms": str(int(opts.timeout * 1000))},
+        _set_local(
+            conn, state, "statement_timeout", str(int(opts.timeout * 1000)), bound_to_connection
         )
     if opts.synchronous_commit_off and dialect == "postgresql":
-        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+        _set_local(conn, state, "synchronous_commit", "off", bound_to_connection)
+
+
+_SET_LOCAL = text("SELECT set_config(:name, :value, true)")
+
+
+def _set_local(conn: Connection, state: _TxState, name: str, value: str, bound: bool) -> None:
+    """``SET LOCAL name = value`` with bound parameters (PostgreSQL)."""
+    if bound and name not in state.restore_settings:
+        previous = conn.execute(text("SELECT current_setting(:name)"), {"name": name}).scalar()
+        state.restore_settings[name] = str(previous)
+    conn.execute(_SET_LOCAL, {"name": name, "value": value})
+
+
+def _restore_settings(sync_session: Session, state: _TxState) -> None:
+    if state.restore_settings:
+        conn = sync_session.connection()
+        for name, value in state.restore_settings.items():
+            conn.execute(_SET_LOCAL, {"name": name, "value": value})
+        state.restore_settings.clear()
 
 
 def _reset_sqlite_query_only(state: _TxState) -> None:
@@ -450,6 +488,7 @@ def _exit_sync(
         return []
     try:
         _reset_sqlite_query_only(state)
+        _restore_settings(sync_session, state)
         sync_session.commit()
     except BaseException as exc:
         try:
@@ -581,7 +620,7 @@ class Transaction:
         finally:
             self._pop(scope)
         _raise_translated(exc)
-        for callback in callbacks:
+        for callback in _due(callbacks):
             result = callback()
             if inspect.isawaitable(result):  # pragma: no cover - guarded in on_commit
                 raise TransactionError("async on_commit callback in a sync transaction")
@@ -628,7 +667,7 @@ class Transaction:
         finally:
             self._pop(scope)
         _raise_translated(exc)
-        for callback in callbacks:
+        for callback in _due(callbacks):
             result = callback()
             if inspect.isawaitable(result):
                 await result
