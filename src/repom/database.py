@@ -137,7 +137,9 @@ class Database(_DatabaseBase[Engine, Connection]):
     def session_factory(self) -> sessionmaker[Session]:
         factory: sessionmaker[Session] | None = getattr(self, "_factory", None)
         if factory is None:
-            factory = sessionmaker(bind=self.engine, expire_on_commit=False)
+            from repom.models.session import RepomSession
+
+            factory = sessionmaker(bind=self.engine, class_=RepomSession, expire_on_commit=False)
             self._factory = factory
         return factory
 
@@ -216,7 +218,11 @@ class AsyncDatabase(_DatabaseBase["AsyncEngine", "AsyncConnection"]):
         if factory is None:
             from sqlalchemy.ext.asyncio import async_sessionmaker
 
-            factory = async_sessionmaker(bind=self.engine, expire_on_commit=False)
+            from repom.models.session import RepomSession
+
+            factory = async_sessionmaker(
+                bind=self.engine, expire_on_commit=False, sync_session_class=RepomSession
+            )
             self._factory = factory
         return factory
 

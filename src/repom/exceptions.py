@@ -365,6 +365,9 @@ def _classify(
         details.update(_pg_details(orig))
         details["sqlstate"] = sqlstate
         return cls, details
+    # psycopg refuses some values client-side (a NUL byte in text): no SQLSTATE, still bad data
+    if type(orig).__module__.startswith("psycopg") and type(orig).__name__ == "DataError":
+        return InvalidDataError, {}
     # SQLite
     code = getattr(orig, "sqlite_errorcode", None)
     if isinstance(code, int):

@@ -35,6 +35,7 @@ from repom.config import RepomConfig, get_config
 from repom.database import AsyncDatabase, Database
 from repom.engine import build_async_engine, build_engine
 from repom.exceptions import ConfigurationError, IllegalTransactionStateError
+from repom.models.session import RepomSession
 from repom.urls import backend_name, convert_to_async_uri, convert_to_sync_uri, mask_url
 
 if TYPE_CHECKING:
@@ -398,7 +399,7 @@ class IsolatedDatabase(_IsolatedBase[Engine, Database]):
         try:
             outer = conn.begin()
             conn.info[_OUTER] = True
-            session = Session(bind=conn, **self._session_options)
+            session = RepomSession(bind=conn, **self._session_options)
             try:
                 undo = _swap_defaults(self._default, self.guard)
                 try:
@@ -471,7 +472,9 @@ class AsyncIsolatedDatabase(_IsolatedBase["AsyncEngine", AsyncDatabase]):
             outer = await conn.begin()
             info = conn.sync_connection.info  # type: ignore[union-attr]
             info[_OUTER] = True
-            session = AsyncSession(bind=conn, **self._session_options)
+            session = AsyncSession(
+                bind=conn, sync_session_class=RepomSession, **self._session_options
+            )
             try:
                 undo = _swap_defaults(self._default, self.guard)
                 try:
