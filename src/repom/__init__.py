@@ -29,6 +29,8 @@ _LAZY = {
     "current_session": "repom.transactions",
     "on_commit": "repom.transactions",
     "Repository": "repom.repository",
+    "PoolMonitor": "repom.monitoring",
+    "QueryCounter": "repom.monitoring",
     "AsyncRepository": "repom.repository",
 }
 

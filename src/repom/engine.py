@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import event, pool
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.engine.interfaces import ExceptionContext
 
@@ -32,6 +33,25 @@ if TYPE_CHECKING:
 __all__ = ["build_async_engine", "build_engine", "engine_arguments", "install_engine_events"]
 
 _POOL_SIZING = ("pool_size", "max_overflow", "pool_timeout", "pool_use_lifo")
+
+
+class _TimeoutAsPoolExhausted:
+    """Pool mixin: a checkout timeout raises :class:`~repom.exceptions.PoolExhausted` (still a
+    ``sqlalchemy.exc.TimeoutError``) everywhere, not only at repom's own boundaries."""
+
+    def _do_get(self) -> Any:
+        try:
+            return super()._do_get()  # type: ignore[misc]
+        except sa_exc.TimeoutError as exc:
+            raise translate(exc) from exc
+
+
+class RepomQueuePool(_TimeoutAsPoolExhausted, pool.QueuePool):
+    """The ``QueuePool`` repom chooses for sync engines."""
+
+
+class RepomAsyncQueuePool(_TimeoutAsPoolExhausted, pool.AsyncAdaptedQueuePool):
+    """The ``AsyncAdaptedQueuePool`` repom chooses for async engines."""
 
 
 def engine_arguments(
@@ -54,7 +74,7 @@ def engine_arguments(
         elif choice == "null":
             poolclass = pool.NullPool
         else:
-            poolclass = pool.AsyncAdaptedQueuePool if is_async else pool.QueuePool
+            poolclass = RepomAsyncQueuePool if is_async else RepomQueuePool
     kwargs["poolclass"] = poolclass
     if not issubclass(poolclass, pool.QueuePool):
         for key in _POOL_SIZING:

@@ -177,11 +177,10 @@ def test_set_config_replaces_default_databases(tmp_path: Path) -> None:
 def test_pool_policy_per_environment() -> None:
     file_url = "sqlite:///x.db"
     pg = "postgresql+psycopg://u@h/db"
-    assert engine_arguments(RepomConfig(), file_url, is_async=False)["poolclass"] is pool.QueuePool
-    assert (
-        engine_arguments(RepomConfig(), pg, is_async=True)["poolclass"]
-        is pool.AsyncAdaptedQueuePool
-    )
+    sync_pool = engine_arguments(RepomConfig(), file_url, is_async=False)["poolclass"]
+    assert issubclass(sync_pool, pool.QueuePool)
+    async_pool = engine_arguments(RepomConfig(), pg, is_async=True)["poolclass"]
+    assert issubclass(async_pool, pool.AsyncAdaptedQueuePool)
     test_args = engine_arguments(RepomConfig(environment="test"), pg, is_async=False)
     assert test_args["poolclass"] is pool.NullPool and "pool_size" not in test_args
     memory = engine_arguments(RepomConfig(), "sqlite://", is_async=False)

@@ -1,0 +1,77 @@
+"""Pool monitoring and query observability (sync and async engines alike).
+
+* :class:`PoolMonitor` (seed names :class:`ConnectionPoolMonitor`, ``PoolMonitor.setup_listeners``,
+  ``PoolMonitor.get_pool_status``): pool figures for every pool class, ``check_health()``, and
+  opt-in listeners -- slow-statement log, long-checkout warning with the route or stack that held
+  the connection, connection age, invalidation/disconnect counts, checkout wait.
+* :class:`QueryCounter` / :func:`assert_max_queries`: count the statements a block sends (N+1).
+* :func:`register_metrics` / :func:`metrics_text`: Prometheus metrics (``prometheus`` extra;
+  ``prometheus-client`` is imported only when these are used).
+* :func:`route_context` / :class:`RouteContextMiddleware`: name the route that holds a connection.
+
+Loggers: ``repom.monitoring.pool`` (long checkouts, old connections, invalidations, exhaustion,
+health) and ``repom.monitoring.sql`` (slow statements).  See ``docs/monitoring.md``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+from repom.monitoring._stats import retry_counts
+from repom.monitoring._tracker import MonitorOptions, mask_parameters
+from repom.monitoring.context import (
+    RouteContextMiddleware,
+    current_route,
+    reset_route,
+    route_context,
+    set_route,
+)
+from repom.monitoring.pool import (
+    ConnectionPoolMonitor,
+    PoolHealth,
+    PoolMonitor,
+    UnsupportedMonitorTarget,
+)
+from repom.monitoring.queries import QueryCounter, assert_max_queries
+
+if TYPE_CHECKING:
+    from repom.monitoring.prometheus import RepomCollector, metrics_text, register_metrics
+
+__all__ = [
+    "ConnectionPoolMonitor",
+    "MonitorOptions",
+    "PoolHealth",
+    "PoolMonitor",
+    "QueryCounter",
+    "RepomCollector",
+    "RouteContextMiddleware",
+    "UnsupportedMonitorTarget",
+    "assert_max_queries",
+    "current_route",
+    "mask_parameters",
+    "metrics_available",
+    "metrics_text",
+    "register_metrics",
+    "reset_route",
+    "retry_counts",
+    "route_context",
+    "set_route",
+]
+
+_PROMETHEUS = ("RepomCollector", "metrics_text", "register_metrics")
+
+
+def metrics_available() -> bool:
+    """True when ``prometheus-client`` is installed (the ``prometheus`` extra)."""
+    return importlib.util.find_spec("prometheus_client") is not None
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PROMETHEUS:
+        from repom.monitoring import prometheus
+
+        value = getattr(prometheus, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'repom.monitoring' has no attribute {name!r}")
