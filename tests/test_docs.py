@@ -28,6 +28,8 @@ def test_doc_examples_run(path: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in ("DATABASE_URL", "REPOM_DATABASE_URL", "CONFIG_HOOK"):
         monkeypatch.delenv(name, raising=False)
+    for name in [m for m in sys.modules if m.split(".")[0] in ("your_project", "app", "myapp")]:
+        del sys.modules[name]  # left by other tests: the docs write their own
     module = types.ModuleType(f"docs_{path.stem.replace('-', '_')}")
     sys.modules[module.__name__] = module  # SQLAlchemy resolves annotations through it
     namespace = module.__dict__

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from repom.config import RepomConfig, get_config
 from repom.engine import build_async_engine, build_engine
 from repom.exceptions import translate
-from repom.urls import mask_url
+from repom.urls import convert_to_async_uri, is_async_url, mask_url
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -207,7 +207,12 @@ class AsyncDatabase(_DatabaseBase["AsyncEngine", "AsyncConnection"]):
     is_async = True
 
     def _build_engine(self) -> AsyncEngine:
-        return build_async_engine(self._url, config=self.config, **self._engine_options)
+        url = self._url
+        if isinstance(url, URL):
+            url = url.render_as_string(hide_password=False)
+        if url is not None and not is_async_url(url):
+            url = convert_to_async_uri(url)  # AsyncDatabase("postgresql://...") means asyncpg
+        return build_async_engine(url, config=self.config, **self._engine_options)
 
     def _sync_engine(self) -> Engine:
         return self.engine.sync_engine

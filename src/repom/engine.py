@@ -30,7 +30,13 @@ from repom.urls import backend_name, is_memory_sqlite, validate_url
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["build_async_engine", "build_engine", "engine_arguments", "install_engine_events"]
+__all__ = [
+    "build_async_engine",
+    "build_engine",
+    "engine_arguments",
+    "install_engine_events",
+    "pool_class_name",
+]
 
 _POOL_SIZING = ("pool_size", "max_overflow", "pool_timeout", "pool_use_lifo")
 
@@ -44,6 +50,15 @@ class _TimeoutAsPoolExhausted:
             return super()._do_get()  # type: ignore[misc]
         except sa_exc.TimeoutError as exc:
             raise translate(exc) from exc
+
+
+def pool_class_name(pool_or_class: pool.Pool | type[pool.Pool]) -> str:
+    """SQLAlchemy's name for a pool class (repom's own subclasses report their base)."""
+    cls = pool_or_class if isinstance(pool_or_class, type) else type(pool_or_class)
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("sqlalchemy."):
+            return klass.__name__
+    return cls.__name__
 
 
 class RepomQueuePool(_TimeoutAsPoolExhausted, pool.QueuePool):
@@ -124,7 +139,11 @@ def _install_sqlite(engine: Engine, config: RepomConfig) -> None:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={busy_ms:d}")
             if wal:
-                cursor.execute("PRAGMA journal_mode=WAL")
+                # switching needs a lock; a file already in WAL mode (the usual case) is left alone
+                cursor.execute("PRAGMA journal_mode")
+                row = cursor.fetchone()
+                if not row or str(row[0]).lower() != "wal":
+                    cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
             cursor.close()
@@ -191,7 +210,12 @@ def _resolve(config: RepomConfig | None, url: str | URL | None, is_async: bool) 
         url = config.async_url if is_async else config.url
     if isinstance(url, str):
         url = validate_url(url)
-    return config, make_url(url)
+    parsed = make_url(url)
+    if not is_async and parsed.drivername in ("postgresql", "postgres"):
+        # plain postgresql:// means psycopg 3 (the driver of repom[postgres]), whatever
+        # SQLAlchemy's own default is in the installed version
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return config, parsed
 
 
 def build_engine(

@@ -14,6 +14,7 @@ table and column are attached where the driver reports them.
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "ConnectionLost",
     "DataValidationError",
     "DatabaseError",
+    "DatabaseUnavailable",
     "DeadlockDetected",
     "DuplicateKeyError",
     "ForeignKeyViolationError",
@@ -233,6 +235,11 @@ class ConnectionLost(RetryableError):
     """The connection to the database was lost (or could not be made)."""
 
 
+class DatabaseUnavailable(DatabaseError, sa_exc.OperationalError):
+    """The database refused the connection for a reason a retry will not fix: it does not exist
+    (SQLSTATE 3D000) or the credentials are refused (class 28)."""
+
+
 class StatementTimeout(DatabaseError, sa_exc.OperationalError):
     """The statement was cancelled by ``statement_timeout`` (SQLSTATE 57014)."""
 
@@ -260,9 +267,11 @@ _PG_CLASSES: dict[str, type[DatabaseError]] = {
     "57P01": ConnectionLost,  # admin shutdown
     "57P02": ConnectionLost,  # crash shutdown
     "57P03": ConnectionLost,  # cannot connect now
+    "3D000": DatabaseUnavailable,  # database does not exist
 }
 _PG_PREFIX_CLASSES: dict[str, type[DatabaseError]] = {
     "08": ConnectionLost,
+    "28": DatabaseUnavailable,  # invalid authorization
     "23": IntegrityViolation,
     "22": InvalidDataError,
 }
@@ -314,6 +323,7 @@ _DESCRIPTIONS: dict[type[DatabaseError], str] = {
     DeadlockDetected: "deadlock detected",
     LockNotAvailable: "lock not available",
     ConnectionLost: "connection to the database lost",
+    DatabaseUnavailable: "the database is unavailable",
     StatementTimeout: "statement timeout",
     ReadOnlyViolation: "write attempted in a read-only transaction",
     InvalidDataError: "invalid data",
@@ -420,6 +430,12 @@ def translate(error: BaseException) -> BaseException:
     """
     if isinstance(error, RepomError):
         return error
+    if (
+        isinstance(error, sa_exc.StatementError)
+        and not isinstance(error, sa_exc.DBAPIError)
+        and isinstance(error.orig, RepomError)
+    ):
+        return error.orig  # repom's own validation (a column type refusing a value), unwrapped
     if isinstance(error, sa_exc.DBAPIError):
         found = _classify(error)
         if found is None:
@@ -445,6 +461,12 @@ def translate(error: BaseException) -> BaseException:
         )
         new.__cause__ = error.orig
         return new
+    if isinstance(error, (ConnectionError, TimeoutError, socket.gaierror)):
+        # raised by a driver's connect (asyncpg: ConnectionRefusedError, DNS failure) outside any
+        # DBAPI wrapping
+        lost = ConnectionLost(f"cannot connect to the database: {type(error).__name__}", orig=error)
+        lost.__cause__ = error
+        return lost
     if isinstance(error, orm_exc.StaleDataError):
         new_conflict = ConflictError(
             "the row was changed or deleted by another transaction since it was read "

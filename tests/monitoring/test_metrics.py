@@ -79,7 +79,6 @@ def test_transaction_retries_are_counted() -> None:
 
 async def test_route_context_and_asgi_middleware() -> None:
     import httpx
-
     from fastapi import FastAPI
 
     assert current_route() is None

@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 
-PG_URL = os.environ.get("REPOM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# plain postgresql:// URLs mean psycopg 3 here, whatever SQLAlchemy's default driver is
+PG_URL = os.environ.get("REPOM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test").replace(
+    "postgresql://", "postgresql+psycopg://", 1
+)
 MYSQL_URL = os.environ.get("REPOM_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -21,7 +24,7 @@ def pg_available() -> bool:
     import psycopg
 
     try:
-        conninfo = PG_URL.replace("postgresql+psycopg://", "postgresql://")
+        conninfo = PG_URL.replace("postgresql+psycopg://", "postgresql://", 1)
         with psycopg.connect(conninfo, connect_timeout=3):
             return True
     except Exception:

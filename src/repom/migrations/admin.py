@@ -208,7 +208,7 @@ def database_info(settings: ProjectSettings, *, config: RepomConfig | None = Non
     raised (except a malformed URL)."""
     from sqlalchemy import inspect
 
-    from repom.engine import build_engine, engine_arguments
+    from repom.engine import build_engine, engine_arguments, pool_class_name
     from repom.urls import convert_to_async_uri, mask_url
 
     config = _config(config)
@@ -223,7 +223,7 @@ def database_info(settings: ProjectSettings, *, config: RepomConfig | None = Non
         async_url = None
     arguments = engine_arguments(config, target, is_async=False)
     pool_class = arguments.pop("poolclass")
-    pool_info: dict[str, Any] = {"class": pool_class.__name__}
+    pool_info: dict[str, Any] = {"class": pool_class_name(pool_class)}
     for key in ("pool_size", "max_overflow", "pool_timeout", "pool_recycle", "pool_pre_ping"):
         if key in arguments:
             pool_info[key] = arguments[key]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool, QueuePool, SingletonThreadPool, StaticPool
 
+from repom.engine import pool_class_name
 from repom.exceptions import RepomError
 from repom.monitoring._stats import watch_retries
 from repom.monitoring._tracker import (
@@ -118,7 +119,7 @@ def _pool_figures(pool: Pool, tracked_out: int) -> dict[str, Any]:
         utilization = 0.0
     recycle = getattr(pool, "_recycle", -1)
     return {
-        "pool_class": _pool_class_name(pool),
+        "pool_class": pool_class_name(pool),
         "pool_size": size,
         "size": size,  # seed 002's name
         "max_overflow": max_overflow,
@@ -396,11 +397,3 @@ class PoolMonitor:
 class ConnectionPoolMonitor(PoolMonitor):
     """Seed 000's name: ``ConnectionPoolMonitor(engine).get_pool_status()`` and
     ``await monitor.monitor_health()``."""
-
-
-def _pool_class_name(pool: Pool) -> str:
-    """SQLAlchemy's name for the pool class (repom's own subclasses report their base)."""
-    for cls in type(pool).__mro__:
-        if cls.__module__.startswith("sqlalchemy."):
-            return cls.__name__
-    return type(pool).__name__
