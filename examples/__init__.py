@@ -1,0 +1,1 @@
+"""Example applications built with repom (``examples.bank_blog`` is the demo service)."""
