@@ -20,7 +20,7 @@ from fastapi import Depends, FastAPI
 from fastapi_users import BaseUserManager, FastAPIUsers, IntegerIDMixin, schemas
 from fastapi_users.authentication import AuthenticationBackend, BearerTransport, JWTStrategy
 from fastapi_users_db_sqlalchemy import SQLAlchemyBaseUserTable, SQLAlchemyUserDatabase
-from sqlalchemy import Boolean, Integer, String
+from sqlalchemy import Integer
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -37,17 +37,10 @@ class Base(DeclarativeBase):
 
 
 class User(SQLAlchemyBaseUserTable[int], Base):
-    """The pinned fastapi-users-db-sqlalchemy (4.0.4) declares its columns as ``email: str =
-    Column(...)``, which SQLAlchemy 2.1 refuses to map; the columns are restated with
-    ``Mapped[]`` (same names, types and defaults)."""
+    """Declared exactly as FastAPI Users documents it for integer ids."""
 
     __tablename__ = "fa_auth_users"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    email: Mapped[str] = mapped_column(String(320), unique=True, index=True)
-    hashed_password: Mapped[str] = mapped_column(String(1024))
-    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
-    is_superuser: Mapped[bool] = mapped_column(Boolean, default=False)
-    is_verified: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class UserRead(schemas.BaseUser[int]):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import MetaData
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.orm import DeclarativeBase, MappedAsDataclass, registry
+from sqlalchemy.orm import DeclarativeBase, MappedAsDataclass, Mapper, registry
 
 from repom.types import JSONBType, UTCDateTime, UUIDType
 
@@ -56,7 +56,7 @@ class ModelMixin:
         access would do.
         """
         excluded = set(exclude)
-        mapper = sa_inspect(type(self))
+        mapper = cast("Mapper[Any]", sa_inspect(type(self)))
         return {
             prop.key: getattr(self, prop.key)
             for prop in mapper.column_attrs

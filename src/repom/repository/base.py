@@ -197,7 +197,7 @@ class _RepositoryBase(Generic[M]):
         for_update: Any = False,
         include_deleted: bool = False,
         **kw_filters: Any,
-    ) -> Select[M]:
+    ) -> Select[Any]:
         """``SELECT`` of the model with the repository's rules applied (validated filters,
         default options, soft-delete criterion) for custom queries::
 

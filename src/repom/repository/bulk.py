@@ -264,7 +264,7 @@ def _copy(
     records: Iterable[tuple[Any, ...]],
 ) -> int:
     """Send *records* with COPY on the session's connection (inside its transaction)."""
-    from sqlalchemy.util import await_
+    await_ = _await_in_greenlet()
 
     driver = conn.dialect.driver
     schema = _schema(conn, table)
@@ -310,7 +310,7 @@ def _copy(
                         await copy.write_row(record)
                 return int(cursor.rowcount)
 
-        return await_(run_psycopg())
+        return int(await_(run_psycopg()))
     except sa_exc.SQLAlchemyError:
         raise
     except Exception as exc:
@@ -1168,3 +1168,11 @@ def _refresh_after_upsert(
     for obj in list(session.identity_map.values()):
         if isinstance(obj, info.model):
             session.expire(obj)
+
+
+def _await_in_greenlet() -> Any:
+    """SQLAlchemy's "await from sync code inside the greenlet bridge" (``await_`` since 2.1,
+    ``await_only`` in 2.0)."""
+    from sqlalchemy import util
+
+    return getattr(util, "await_", None) or util.await_only

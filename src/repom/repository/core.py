@@ -29,7 +29,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import InstanceState, Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.sql.base import ExecutableOption
 
@@ -191,7 +191,7 @@ def criteria(ctx: RepoContext[Any], q: Query) -> list[Any]:
     return found
 
 
-def build_select(ctx: RepoContext[M], q: Query) -> Select[M]:
+def build_select(ctx: RepoContext[M], q: Query) -> Select[Any]:
     stmt = select(ctx.info.model)
     where = criteria(ctx, q)
     if where:
@@ -381,7 +381,7 @@ def op_get_one(session: Session, ctx: RepoContext[M], q: Query) -> M:
     return obj
 
 
-def build_count(ctx: RepoContext[Any], q: Query) -> Select[int]:
+def build_count(ctx: RepoContext[Any], q: Query) -> Select[Any]:
     stmt = select(func.count()).select_from(ctx.info.mapper)
     where = criteria(ctx, q)
     if where:
@@ -391,7 +391,7 @@ def build_count(ctx: RepoContext[Any], q: Query) -> Select[int]:
     return stmt
 
 
-def build_exists(ctx: RepoContext[Any], q: Query) -> Select[bool]:
+def build_exists(ctx: RepoContext[Any], q: Query) -> Select[Any]:
     inner: Select[Any] = select(literal_column("1")).select_from(ctx.info.mapper)
     where = criteria(ctx, q)
     if where:
@@ -591,14 +591,14 @@ def op_update(session: Session, ctx: RepoContext[M], entity: M, data: Any) -> M:
     if data is not None:
         values = _as_dict(data, exclude_unset=True, what="update()", model_name=info.name)
         check_fields(info, values, info.writable)
-    state = inspect(entity)
+    state = cast("InstanceState[Any]", inspect(entity))
     if state.transient:
         raise InvalidOptionError(
             f"update() got a {info.name} that was never saved; use create()", option="entity"
         )
     if state.detached:
-        key = state.key
-        if key is not None and session.identity_map.get(key) is not None:
+        identity_key = state.key
+        if identity_key is not None and session.identity_map.get(identity_key) is not None:
             entity = session.merge(entity)
         else:
             session.add(entity)

@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import Column, Table, inspect
 from sqlalchemy.exc import NoInspectionAvailable
@@ -107,7 +107,7 @@ def _build(model: type[M]) -> ModelInfo[M]:
     if not isinstance(model, type):
         raise ConfigurationError(f"a repository needs a mapped class, got {model!r}")
     try:
-        mapper: Mapper[M] = inspect(model)
+        mapper = cast("Mapper[M]", inspect(model))
     except NoInspectionAvailable:
         raise ConfigurationError(
             f"{model.__name__} is not a mapped class (declare it with a DeclarativeBase)"
