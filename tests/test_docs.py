@@ -1,15 +1,17 @@
 """Every ```python block in docs/*.md and README.md runs, in order, one namespace per document.
 
-Blocks run in a temporary working directory with no DATABASE_URL (SQLite).  Use ```py for
-snippets that are illustrations only.
+Each document runs in a fresh Python process (so examples that configure repom's defaults or
+start a TestClient cannot leak into other tests), in a temporary working directory, with no
+DATABASE_URL (SQLite).  Use ```py for snippets that are illustrations only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -18,32 +20,35 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 
+RUNNER = """
+import json, sys, types
+blocks = json.loads(sys.stdin.read())
+module = types.ModuleType(sys.argv[1])
+sys.modules[module.__name__] = module  # SQLAlchemy resolves annotations through it
+for number, source in enumerate(blocks, 1):
+    exec(compile(source, f"{sys.argv[2]}[block {number}]", "exec"), module.__dict__)
+"""
+
 
 @pytest.mark.parametrize("path", DOCS, ids=[p.name for p in DOCS])
-def test_doc_examples_run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_doc_examples_run(path: Path, tmp_path: Path) -> None:
     blocks = BLOCK.findall(path.read_text(encoding="utf-8"))
     if not blocks:
         pytest.skip(f"{path.name} has no python blocks")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for name in ("DATABASE_URL", "REPOM_DATABASE_URL", "CONFIG_HOOK"):
-        monkeypatch.delenv(name, raising=False)
-    for name in [m for m in sys.modules if m.split(".")[0] in ("your_project", "app", "myapp")]:
-        del sys.modules[name]  # left by other tests: the docs write their own
-    module = types.ModuleType(f"docs_{path.stem.replace('-', '_')}")
-    sys.modules[module.__name__] = module  # SQLAlchemy resolves annotations through it
-    namespace = module.__dict__
-    modules_before = set(sys.modules)
-    try:
-        for number, source in enumerate(blocks, 1):
-            code = compile(source, f"{path.name}[block {number}]", "exec")
-            exec(code, namespace)
-    finally:
-        from repom import config
-
-        config.reset_config()
-        sys.modules.pop(module.__name__, None)
-        for mod in set(sys.modules) - modules_before:
-            if mod.startswith(("your_project", "app", "myapp")):
-                del sys.modules[mod]
-    assert os.getcwd() == str(tmp_path)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REPOM_DATABASE_URL", "CONFIG_HOOK")
+    }
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
+    module_name = f"docs_{path.stem.replace('-', '_')}"
+    result = subprocess.run(
+        [sys.executable, "-c", RUNNER, module_name, path.name],
+        input=json.dumps(blocks),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{path.name} failed:\n{result.stdout}\n{result.stderr}"

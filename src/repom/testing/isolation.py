@@ -364,7 +364,7 @@ class IsolatedDatabase(_IsolatedBase[Engine, Database]):
         engine = build_engine(self.url, config=config, **self._engine_kwargs(config))
         event.listen(engine, "commit", _refuse_outer_commit)
         try:
-            with engine.begin() as conn:
+            with _ddl(engine).begin() as conn:
                 _prepare_schema(conn, self.plan)
         except BaseException:
             engine.dispose()
@@ -379,7 +379,7 @@ class IsolatedDatabase(_IsolatedBase[Engine, Database]):
         if engine is None:
             return
         try:
-            with engine.begin() as conn:
+            with _ddl(engine).begin() as conn:
                 _drop_schema(conn, self.plan)
         finally:
             engine.dispose()
@@ -436,7 +436,7 @@ class AsyncIsolatedDatabase(_IsolatedBase["AsyncEngine", AsyncDatabase]):
         engine = build_async_engine(self.url, config=config, **self._engine_kwargs(config))
         event.listen(engine.sync_engine, "commit", _refuse_outer_commit)
         try:
-            async with engine.begin() as conn:
+            async with _ddl(engine).begin() as conn:
                 await conn.run_sync(_prepare_schema, self.plan)
         except BaseException:
             await engine.dispose()
@@ -450,7 +450,7 @@ class AsyncIsolatedDatabase(_IsolatedBase["AsyncEngine", AsyncDatabase]):
         if engine is None:
             return
         try:
-            async with engine.begin() as conn:
+            async with _ddl(engine).begin() as conn:
                 await conn.run_sync(_drop_schema, self.plan)
         finally:
             await engine.dispose()
@@ -496,3 +496,10 @@ class AsyncIsolatedDatabase(_IsolatedBase["AsyncEngine", AsyncDatabase]):
                         await conn.invalidate()
         finally:
             await conn.close()
+
+
+def _ddl(engine: E) -> E:
+    """The engine for schema set-up and tear-down: on SQLite the transaction takes the write lock
+    at BEGIN (``BEGIN IMMEDIATE``), so it waits for other connections (busy timeout) instead of
+    failing when its read snapshot went stale before the first DROP/CREATE."""
+    return engine.execution_options(sqlite_begin="immediate")  # type: ignore[attr-defined,no-any-return]
