@@ -23,7 +23,7 @@ def test_ordered_scenarios_leave_nothing_behind(
         args += ["--repom-db-url", db_url, "--repom-schema", schema]
     else:
         args += ["--repom-db-url", db_url]
-    result = pytester.runpytest(*args)
+    result = pytester.runpytest_subprocess(*args)  # a fresh process, as a user runs it
     result.assert_outcomes(passed=SCENARIO_COUNT)
 
     # the session's teardown dropped what it created
