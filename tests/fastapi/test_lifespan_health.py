@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi import Depends, FastAPI, Request
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from repom.async_session import get_async_db_session
@@ -124,3 +125,31 @@ def test_health_is_503_when_a_database_is_down(tmp_path: Path) -> None:
 def test_use_databases_checks_types(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="AsyncDatabase"):
         use_databases(FastAPI(), async_database=Database("sqlite://"))  # type: ignore[arg-type]
+
+
+def test_health_router_serves_prometheus_metrics(backend: Backend) -> None:
+    from repom.monitoring import PoolMonitor
+
+    db = backend.async_database()
+    app = FastAPI(lifespan=Lifespan(async_database=db))
+    app.include_router(create_health_router())
+
+    @app.get("/ping")
+    async def ping(session: AsyncDbSession) -> int:
+        return int((await session.execute(text("SELECT 1"))).scalar_one())
+
+    try:
+        with TestClient(app) as client:
+            first = client.get("/metrics")
+            assert first.status_code == 200
+            assert first.headers["content-type"].startswith("text/plain")
+            assert client.get("/ping").json() == 1
+            body = client.get("/metrics").text
+    finally:
+        PoolMonitor(db).uninstall()
+    import re
+
+    assert "repom_pool_checked_out" in body and "repom_pool_size" in body
+    assert "repom_statement_duration_seconds_count" in body
+    commits = re.findall(r"^repom_commits_total\{[^}]*\} (\S+)$", body, re.M)
+    assert sum(float(c) for c in commits) >= 1  # the /ping request committed

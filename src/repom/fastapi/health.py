@@ -68,9 +68,14 @@ def create_health_router(
     path: str = "/health",
     tags: Sequence[str] = ("health",),
     timeout: float = 5.0,
+    metrics_path: str | None = "/metrics",
 ) -> APIRouter:
     """A router with ``GET <path>``: 200 and ``status="ok"`` when every database answered
-    ``SELECT 1`` within *timeout* seconds, else 503 and ``status="unavailable"``."""
+    ``SELECT 1`` within *timeout* seconds, else 503 and ``status="unavailable"``.
+
+    When ``prometheus-client`` is installed (the ``prometheus`` extra) and *metrics_path* is not
+    ``None``, ``GET <metrics_path>`` serves repom's Prometheus metrics; the databases the app
+    uses get a :class:`~repom.monitoring.PoolMonitor` installed on first use."""
     if timeout <= 0:
         raise ValueError("timeout must be positive")
     router = APIRouter(tags=list(tags))
@@ -88,6 +93,21 @@ def create_health_router(
         if not ok:
             response.status_code = 503
         return HealthReport(status="ok" if ok else "unavailable", databases=reports)
+
+    from repom.monitoring import metrics_available
+
+    if metrics_path is not None and metrics_available():
+
+        @router.get(metrics_path, summary="Prometheus metrics (pools, statements, retries)")
+        async def metrics(request: Request) -> Response:
+            from repom.monitoring import PoolMonitor, metrics_text
+
+            for database in databases_in_use(request.app) or [get_async_database()]:
+                monitor = PoolMonitor(database)
+                if not monitor.installed:
+                    monitor.install()
+            body, content_type = metrics_text()
+            return Response(content=body, media_type=content_type)
 
     return router
 
