@@ -1,6 +1,10 @@
 """Every endpoint of the demo and every error it maps, over HTTP, on SQLite and PostgreSQL.
 
-State is checked with a separate plain-SQLAlchemy connection (committed rows only).
+Tests taking ``api`` run in a transaction that is rolled back afterwards (repom.testing; the
+schema is migrated once per session): the requests' commits release savepoints, and state is
+checked through the test's own session on the same connection.  The tests that need real
+COMMITs, several connections or the pool's figures opt out (each says why): they use a database
+of their own, and check committed state with a separate plain-SQLAlchemy connection.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import pytest
 from sqlalchemy import text
 
 from repom.fastapi import AsyncDbSession
-from tests.demo.conftest import Demo, start_demo
+from tests.demo.conftest import Demo, IsolatedDemo, start_demo
 from tests.fastapi._support import Backend, StatementLog, sync_engine_of
 
 
-async def register(demo: Demo, handle: str, deposit: int = 100_000, **extra: Any) -> Any:
+async def register(
+    demo: Demo | IsolatedDemo, handle: str, deposit: int = 100_000, **extra: Any
+) -> Any:
     payload = {
         "email": f"{handle}@example.com",
         "name": handle.title(),
@@ -29,7 +35,7 @@ async def register(demo: Demo, handle: str, deposit: int = 100_000, **extra: Any
     return await demo.client.post("/users", json=payload)
 
 
-async def accounts(demo: Demo) -> dict[int, int]:
+async def accounts(demo: Demo | IsolatedDemo) -> dict[int, int]:
     response = await demo.client.get("/accounts", params={"limit": 100})
     return {a["id"]: a["balance_cents"] for a in response.json()["items"]}
 
@@ -37,9 +43,9 @@ async def accounts(demo: Demo) -> dict[int, int]:
 # --------------------------------------------------------------------------- users
 
 
-async def test_register_and_read_user(demo: Demo) -> None:
-    log = StatementLog().attach(demo.database)
-    response = await register(demo, "zelda", phone="+1 555 0100")
+async def test_register_and_read_user(api: IsolatedDemo) -> None:
+    log = api.log()
+    response = await register(api, "zelda", phone="+1 555 0100")
     assert response.status_code == 201, response.text
     user = response.json()
     assert (user["email"], user["profile"]["handle"], user["profile"]["version"]) == (
@@ -51,50 +57,52 @@ async def test_register_and_read_user(demo: Demo) -> None:
     # one transaction, one flush: three INSERTs, no refresh SELECT
     assert log.count("INSERT") == 3 and log.count("SELECT") == 0 and log.count("COMMIT") == 1
 
-    fetched = await demo.client.get(f"/users/{user['id']}")
+    fetched = await api.client.get(f"/users/{user['id']}")
     assert fetched.status_code == 200 and fetched.json() == user
     # the phone number is encrypted at rest
-    [(stored,)] = demo.rows("SELECT phone FROM profiles WHERE handle = 'zelda'")
+    [(stored,)] = await api.rows("SELECT phone FROM profiles WHERE handle = 'zelda'")
     assert stored is not None and b"555" not in bytes(stored)
 
-    missing = await demo.client.get(f"/users/{uuid.uuid4()}")
+    missing = await api.client.get(f"/users/{uuid.uuid4()}")
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
-    invalid = await demo.client.post("/users", json={"email": "not-an-email", "name": "x"})
+    invalid = await api.client.post("/users", json={"email": "not-an-email", "name": "x"})
     assert invalid.status_code == 422
 
 
-async def test_registration_is_atomic(demo: Demo) -> None:
-    assert (await register(demo, "yara")).status_code == 201
-    same_email = await demo.client.post(
+async def test_registration_is_atomic(api: IsolatedDemo) -> None:
+    assert (await register(api, "yara")).status_code == 201
+    same_email = await api.client.post(
         "/users", json={"email": "yara@example.com", "name": "Y", "handle": "yara_two"}
     )
     # new email, taken handle: the user row is inserted, then the profile fails -> all undone
-    same_handle = await demo.client.post(
+    same_handle = await api.client.post(
         "/users", json={"email": "yara2@example.com", "name": "Y", "handle": "yara"}
     )
     for response in (same_email, same_handle):
         assert response.status_code == 409
         assert response.json()["code"] == "duplicate_key"
         assert "INSERT" not in response.text and "yara2@" not in response.text
-    assert demo.scalar("SELECT count(*) FROM users WHERE email = 'yara2@example.com'") == 0
-    assert demo.scalar("SELECT count(*) FROM users") == demo.seeded.users + 1
-    assert demo.scalar("SELECT count(*) FROM accounts") == demo.seeded.accounts + 1
+    assert await api.scalar("SELECT count(*) FROM users WHERE email = 'yara2@example.com'") == 0
+    assert await api.scalar("SELECT count(*) FROM users") == api.seeded.users + 1
+    assert await api.scalar("SELECT count(*) FROM accounts") == api.seeded.accounts + 1
 
 
-async def test_profile_optimistic_locking(demo: Demo) -> None:
-    user = (await register(demo, "xena")).json()
+async def test_profile_optimistic_locking(api: IsolatedDemo) -> None:
+    user = (await register(api, "xena")).json()
     url = f"/users/{user['id']}/profile"
-    first = await demo.client.patch(url, json={"version": 1, "bio": "one", "preferences": {"a": 1}})
+    first = await api.client.patch(url, json={"version": 1, "bio": "one", "preferences": {"a": 1}})
     assert first.status_code == 200
     assert (first.json()["version"], first.json()["bio"]) == (2, "one")
-    stale = await demo.client.patch(url, json={"version": 1, "bio": "two"})
+    stale = await api.client.patch(url, json={"version": 1, "bio": "two"})
     assert stale.status_code == 409
     assert stale.json()["code"] == "conflict" and stale.json()["resource"] == "Profile"
-    assert demo.rows("SELECT bio, version FROM profiles WHERE handle = 'xena'") == [("one", 2)]
-    unknown = await demo.client.patch(f"/users/{uuid.uuid4()}/profile", json={"version": 1})
+    assert await api.rows("SELECT bio, version FROM profiles WHERE handle = 'xena'") == [("one", 2)]
+    unknown = await api.client.patch(f"/users/{uuid.uuid4()}/profile", json={"version": 1})
     assert unknown.status_code == 404
 
 
+# Opts out of the rolled-back transaction: two requests at once need two connections (one
+# test connection serves requests one after the other only).
 async def test_concurrent_profile_edits_postgresql(pg_url: str, tmp_path: Any) -> None:
     """Two edits of the same version at the same time: one wins, the other gets 409 (the row
     version check in the UPDATE, not the pre-check, decides)."""
@@ -128,10 +136,10 @@ async def test_concurrent_profile_edits_postgresql(pg_url: str, tmp_path: Any) -
 # --------------------------------------------------------------------------- bank
 
 
-async def test_transfers(demo: Demo) -> None:
-    balances = await accounts(demo)
+async def test_transfers(api: IsolatedDemo) -> None:
+    balances = await accounts(api)
     first, second = sorted(balances)[:2]
-    ok = await demo.client.post(
+    ok = await api.client.post(
         "/transfers",
         json={
             "from_account_id": first,
@@ -142,35 +150,35 @@ async def test_transfers(demo: Demo) -> None:
     )
     assert ok.status_code == 201, ok.text
     assert ok.json()["memo"] == "rent"
-    after = await accounts(demo)
+    after = await accounts(api)
     assert (after[first], after[second]) == (balances[first] - 1234, balances[second] + 1234)
 
-    too_much = await demo.client.post(
+    too_much = await api.client.post(
         "/transfers",
         json={"from_account_id": first, "to_account_id": second, "amount_cents": 10**11},
     )
     assert too_much.status_code == 409
     assert too_much.json()["code"] == "insufficient_funds"
-    unknown = await demo.client.post(
+    unknown = await api.client.post(
         "/transfers", json={"from_account_id": first, "to_account_id": 999_999, "amount_cents": 1}
     )
     assert unknown.status_code == 404
-    same = await demo.client.post(
+    same = await api.client.post(
         "/transfers", json={"from_account_id": first, "to_account_id": first, "amount_cents": 1}
     )
     assert same.status_code == 422
-    assert await accounts(demo) == after  # nothing written by the refused ones
-    assert demo.scalar("SELECT count(*) FROM transfers") == 1
+    assert await accounts(api) == after  # nothing written by the refused ones
+    assert await api.scalar("SELECT count(*) FROM transfers") == 1
 
-    account = await demo.client.get(f"/accounts/{first}")
+    account = await api.client.get(f"/accounts/{first}")
     assert account.json()["balance_cents"] == after[first]
-    assert (await demo.client.get("/accounts/999999")).status_code == 404
+    assert (await api.client.get("/accounts/999999")).status_code == 404
 
 
-async def test_account_history_keyset_pages(demo: Demo) -> None:
-    ids = sorted(await accounts(demo))
+async def test_account_history_keyset_pages(api: IsolatedDemo) -> None:
+    ids = sorted(await accounts(api))
     for n in range(7):
-        response = await demo.client.post(
+        response = await api.client.post(
             "/transfers",
             json={"from_account_id": ids[n % 2], "to_account_id": ids[2], "amount_cents": 10 + n},
         )
@@ -182,39 +190,39 @@ async def test_account_history_keyset_pages(demo: Demo) -> None:
         params: dict[str, Any] = {"limit": 3}
         if cursor:
             params["cursor"] = cursor
-        page = (await demo.client.get(f"/accounts/{ids[2]}/transfers", params=params)).json()
+        page = (await api.client.get(f"/accounts/{ids[2]}/transfers", params=params)).json()
         seen += [t["id"] for t in page["items"]]
         pages += 1
         cursor = page["next_cursor"]
         if not cursor:
             break
     assert pages == 3 and len(seen) == 7 and seen == sorted(seen, reverse=True)
-    assert (await demo.client.get("/accounts/999999/transfers")).status_code == 404
-    forged = await demo.client.get(f"/accounts/{ids[2]}/transfers", params={"cursor": "x.y"})
+    assert (await api.client.get("/accounts/999999/transfers")).status_code == 404
+    forged = await api.client.get(f"/accounts/{ids[2]}/transfers", params={"cursor": "x.y"})
     assert forged.status_code == 422 and forged.json()["code"] == "invalid_cursor"
 
 
-async def test_report_is_read_only_snapshot(demo: Demo) -> None:
-    log = StatementLog().attach(demo.database)
-    report = (await demo.client.get("/reports/bank")).json()
-    assert report["users"] == demo.seeded.users
-    assert report["total_balance_cents"] == demo.seeded.total_balance_cents
-    assert report["articles_published"] + report["articles_draft"] == demo.seeded.articles
+async def test_report_is_read_only_snapshot(api: IsolatedDemo) -> None:
+    log = api.log()
+    report = (await api.client.get("/reports/bank")).json()
+    assert report["users"] == api.seeded.users
+    assert report["total_balance_cents"] == api.seeded.total_balance_cents
+    assert report["articles_published"] + report["articles_draft"] == api.seeded.articles
     top = report["richest"]
     assert len(top) == 3 and top == sorted(top, key=lambda r: -r["balance_cents"])
     selects = [s for s in log.statements if s.startswith("SELECT")]
     assert len(selects) == 2 and selects[0].count("count(") == 6  # all totals in one statement
     assert log.count("COMMIT") == 1
-    if demo.backend.name == "sqlite":
+    if api.dialect == "sqlite":
         assert "PRAGMA query_only=ON" in log.statements  # a write would be refused
 
 
 # --------------------------------------------------------------------------- blog
 
 
-async def test_articles_crud_soft_delete_and_restore(demo: Demo) -> None:
-    author = (await register(demo, "wren")).json()["id"]
-    created = await demo.client.post(
+async def test_articles_crud_soft_delete_and_restore(api: IsolatedDemo) -> None:
+    author = (await register(api, "wren")).json()["id"]
+    created = await api.client.post(
         "/articles",
         json={"author_id": author, "slug": "first-post", "title": "First", "tags": ["a", "b"]},
     )
@@ -223,32 +231,35 @@ async def test_articles_crud_soft_delete_and_restore(demo: Demo) -> None:
     assert article["tags"] == ["a", "b"] and article["published"] is False
     url = f"/articles/{article['id']}"
 
-    patched = await demo.client.patch(url, json={"title": "First!", "published": True})
+    patched = await api.client.patch(url, json={"title": "First!", "published": True})
     assert patched.status_code == 200 and patched.json()["title"] == "First!"
-    assert (await demo.client.get(url)).json()["published"] is True
+    assert (await api.client.get(url)).json()["published"] is True
 
-    assert (await demo.client.delete(url)).status_code == 204
-    assert (await demo.client.get(url)).status_code == 404
-    assert (await demo.client.delete(url)).status_code == 404
-    assert demo.rows("SELECT is_deleted FROM articles WHERE slug = 'first-post'") == [(True,)]
-    restored = await demo.client.post(f"{url}/restore")
+    assert (await api.client.delete(url)).status_code == 204
+    assert (await api.client.get(url)).status_code == 404
+    assert (await api.client.delete(url)).status_code == 404
+    assert await api.rows("SELECT is_deleted FROM articles WHERE slug = 'first-post'") == [(True,)]
+    restored = await api.client.post(f"{url}/restore")
     assert restored.status_code == 200 and restored.json()["title"] == "First!"
-    assert (await demo.client.post(f"{url}/restore")).status_code == 404
-    assert (await demo.client.get(url)).status_code == 200
-    assert (await demo.client.get("/articles/999999")).status_code == 404
-    assert (await demo.client.patch("/articles/999999", json={"title": "x"})).status_code == 404
+    assert (await api.client.post(f"{url}/restore")).status_code == 404
+    assert (await api.client.get(url)).status_code == 200
+    assert (await api.client.get("/articles/999999")).status_code == 404
+    assert (await api.client.patch("/articles/999999", json={"title": "x"})).status_code == 404
 
-    taken = await demo.client.post(
+    taken = await api.client.post(
         "/articles", json={"author_id": author, "slug": "first-post", "title": "Again"}
     )
     assert taken.status_code == 409 and taken.json()["code"] == "duplicate_key"
-    other = await demo.client.post(
+    other = await api.client.post(
         "/articles", json={"author_id": author, "slug": "second-post", "title": "Second"}
     )
-    rename = await demo.client.patch(f"/articles/{other.json()['id']}", json={"slug": "first-post"})
+    rename = await api.client.patch(f"/articles/{other.json()['id']}", json={"slug": "first-post"})
     assert rename.status_code == 409
 
 
+# Opts out of the rolled-back transaction: the DEFERRABLE INITIALLY DEFERRED foreign key is only
+# checked at the outer COMMIT, which a test transaction never reaches (RELEASE SAVEPOINT does not
+# check it).
 async def test_unknown_author_fails_at_commit(demo: Demo) -> None:
     """The author foreign key is DEFERRABLE INITIALLY DEFERRED: the INSERT succeeds, COMMIT
     fails, and the client gets 409 instead of the 201 the endpoint had prepared."""
@@ -264,15 +275,15 @@ async def test_unknown_author_fails_at_commit(demo: Demo) -> None:
     assert demo.scalar("SELECT count(*) FROM articles WHERE slug = 'orphan'") == 0
 
 
-async def test_list_articles_filters_order_and_pages(demo: Demo) -> None:
-    published = demo.scalar("SELECT count(*) FROM articles WHERE published")
+async def test_list_articles_filters_order_and_pages(api: IsolatedDemo) -> None:
+    published = await api.scalar("SELECT count(*) FROM articles WHERE published")
     titles: list[str] = []
     cursor = None
     while True:
         params: dict[str, Any] = {"published": "true", "order_by": ["title", "-id"], "limit": 2}
         if cursor:
             params["cursor"] = cursor
-        response = await demo.client.get("/articles", params=params)
+        response = await api.client.get("/articles", params=params)
         assert response.status_code == 200, response.text
         body = response.json()
         assert all(item["published"] for item in body["items"])
@@ -282,32 +293,33 @@ async def test_list_articles_filters_order_and_pages(demo: Demo) -> None:
             break
     assert len(titles) == published and titles == sorted(titles)
 
-    [(author,)] = demo.rows("SELECT author_id FROM articles ORDER BY id LIMIT 1")
+    [(author,)] = await api.rows("SELECT author_id FROM articles ORDER BY id LIMIT 1")
     author_id = str(uuid.UUID(str(author))) if not isinstance(author, uuid.UUID) else str(author)
-    mine = await demo.client.get("/articles", params={"author_id": author_id})
+    mine = await api.client.get("/articles", params={"author_id": author_id})
     assert mine.status_code == 200 and len(mine.json()["items"]) == 2
-    search = await demo.client.get("/articles", params={"title__icontains": "KEYSET"})
+    search = await api.client.get("/articles", params={"title__icontains": "KEYSET"})
     assert search.json()["items"] and all("Keyset" in a["title"] for a in search.json()["items"])
-    recent = await demo.client.get("/articles", params={"created_at__gte": "2000-01-01T00:00:00Z"})
-    assert len(recent.json()["items"]) == min(20, demo.seeded.articles)
+    recent = await api.client.get("/articles", params={"created_at__gte": "2000-01-01T00:00:00Z"})
+    assert len(recent.json()["items"]) == min(20, api.seeded.articles)
 
-    unknown = await demo.client.get("/articles", params={"is_deleted": "true"})
+    unknown = await api.client.get("/articles", params={"is_deleted": "true"})
     assert unknown.status_code == 422 and unknown.json()["field"] == "is_deleted"
-    bad_order = await demo.client.get("/articles", params={"order_by": "body"})
+    bad_order = await api.client.get("/articles", params={"order_by": "body"})
     assert bad_order.status_code == 422
-    too_big = await demo.client.get("/articles", params={"limit": 101})
+    too_big = await api.client.get("/articles", params={"limit": 101})
     assert too_big.status_code == 422
 
 
 # --------------------------------------------------------------------------- operations
 
 
-async def test_health_and_openapi(demo: Demo) -> None:
-    health = await demo.client.get("/health")
+async def test_health_and_openapi(api: IsolatedDemo) -> None:
+    health = await api.client.get("/health")
     assert health.status_code == 200
     [database] = health.json()["databases"]
-    assert database["dialect"] == demo.backend.name and database["pool"]["checked_out"] == 0
-    spec = (await demo.client.get("/openapi.json")).json()
+    # the only connection checked out is the test's own: the request held none of its own
+    assert database["dialect"] == api.dialect and database["pool"]["checked_out"] == 1
+    spec = (await api.client.get("/openapi.json")).json()
     params = {p["name"] for p in spec["paths"]["/articles"]["get"]["parameters"]}
     assert params == {
         "author_id",
@@ -321,6 +333,8 @@ async def test_health_and_openapi(demo: Demo) -> None:
     }
 
 
+# Opts out of the rolled-back transaction: it needs a pool of its own (one connection, held by
+# the test) and a request that checks out a connection of its own.
 async def test_pool_exhausted_is_503(backend: Backend) -> None:
     import httpx
 
@@ -343,6 +357,8 @@ async def test_pool_exhausted_is_503(backend: Backend) -> None:
     assert sync_engine_of(database).pool.checkedout() == 0
 
 
+# Opts out of the rolled-back transaction: 30 concurrent requests (several connections), the
+# pool's checked-out count after they are cancelled, and what was really committed.
 async def test_cancelled_requests_leave_no_connection_behind(demo: Demo) -> None:
     """Cancel a burst of transfers while they are in flight: no connection stays checked out,
     and no half-done transfer is visible (money is conserved)."""
@@ -382,6 +398,8 @@ async def test_cancelled_requests_leave_no_connection_behind(demo: Demo) -> None
     assert accepted <= len(ledger) < len(tasks)  # some were cancelled before their COMMIT
 
 
+# Opts out of the rolled-back transaction: it kills the request's server connection, which in a
+# test transaction would be the test's own.
 async def test_connection_lost_mid_request_is_503_postgresql(pg_url: str, tmp_path: Any) -> None:
     """The server side of the connection dies between two statements of a request."""
     import httpx
@@ -412,15 +430,15 @@ async def test_connection_lost_mid_request_is_503_postgresql(pg_url: str, tmp_pa
 
 
 @pytest.mark.parametrize("path", ["/users", "/articles"])
-async def test_bodies_never_echo_sql(demo: Demo, path: str) -> None:
-    author = (await register(demo, "vera")).json()["id"]
+async def test_bodies_never_echo_sql(api: IsolatedDemo, path: str) -> None:
+    author = (await register(api, "vera")).json()["id"]
     payloads = {
         "/users": {"email": "vera@example.com", "name": "V", "handle": "vera_b"},
         "/articles": {"author_id": author, "slug": "vera-x", "title": "T"},
     }
     if path == "/articles":
-        await demo.client.post(path, json=payloads[path])
-    response = await demo.client.post(path, json=payloads[path])
+        await api.client.post(path, json=payloads[path])
+    response = await api.client.post(path, json=payloads[path])
     assert response.status_code == 409
     lowered = response.text.lower()
     assert "insert" not in lowered and "values" not in lowered and "vera" not in lowered
