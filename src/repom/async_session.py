@@ -18,7 +18,7 @@ is issued.  Write ``async with transaction() as session:`` (or use ``Depends``) 
 from __future__ import annotations
 
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -61,29 +61,33 @@ async def managed_async_session(
         yield session
 
 
-def _warn_early_exit(name: str) -> None:
-    warnings.warn(
-        EARLY_EXIT_MESSAGE.format(name=name, loop="async for", with_="async with"),
-        EarlyExitWarning,
-        stacklevel=3,
-    )
+def _session_generator(name: str, doc: str) -> Callable[[], AsyncIterator[AsyncSession]]:
+    """Build one of the seed's session generators (an async generator function, as FastAPI's
+    ``Depends`` requires).  Written once: nesting one async generator in another would lose the
+    exceptions FastAPI throws into it."""
+
+    async def generator() -> AsyncIterator[AsyncSession]:
+        try:
+            async with _new_transaction(None) as session:
+                yield session
+        except GeneratorExit:
+            warnings.warn(
+                EARLY_EXIT_MESSAGE.format(name=name, loop="async for", with_="async with"),
+                EarlyExitWarning,
+                stacklevel=2,
+            )
+            raise
+
+    generator.__name__ = generator.__qualname__ = name
+    generator.__doc__ = doc
+    return generator
 
 
-async def get_async_db_session() -> AsyncIterator[AsyncSession]:
-    """Yield an ``AsyncSession`` in a transaction: commit on success, roll back on error, close."""
-    try:
-        async with _new_transaction(None) as session:
-            yield session
-    except GeneratorExit:
-        _warn_early_exit("get_async_db_session")
-        raise
-
-
-async def get_async_db_transaction() -> AsyncIterator[AsyncSession]:
-    """Like :func:`get_async_db_session`, with the transaction begun explicitly."""
-    try:
-        async with _new_transaction(None) as session:
-            yield session
-    except GeneratorExit:
-        _warn_early_exit("get_async_db_transaction")
-        raise
+get_async_db_session = _session_generator(
+    "get_async_db_session",
+    "Yield an ``AsyncSession`` in a transaction: commit on success, roll back on error, close.",
+)
+get_async_db_transaction = _session_generator(
+    "get_async_db_transaction",
+    "Like :func:`get_async_db_session`, with the transaction begun explicitly.",
+)

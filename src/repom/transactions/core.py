@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from sqlalchemy import Connection, text
@@ -155,13 +155,17 @@ class _Scope:
     savepoint: SessionTransaction | None = None
     owns_session: bool = False
     active: bool = True
-    previous_stack: tuple[_Scope, ...] = ()
-    none_session: Any = None
+    none_session: Any = None  # the session of a scope that runs without a transaction
 
     @property
-    def session(self) -> Session | AsyncSession:
-        assert self.state is not None
-        return self.state.session
+    def session(self) -> Any:
+        """What the scope yields: the transaction's session, or the plain one of a "none" scope."""
+        return self.state.session if self.state is not None else self.none_session
+
+    @property
+    def sync_session(self) -> Session | None:
+        session = self.session
+        return cast("Session | None", getattr(session, "sync_session", session))
 
 
 @dataclass(frozen=True)
@@ -321,11 +325,6 @@ def _check_join(opts: _Options, state: _TxState, kind: _Kind) -> None:
         raise IllegalTransactionStateError(
             "timeout= applies to the transaction that starts it; this scope joins an active "
             "transaction (use Propagation.REQUIRES_NEW)"
-        )
-    if opts.retry is not None and opts.retry.max_retries > 0:
-        raise IllegalTransactionStateError(
-            "retries= cannot be used on a scope that joins a transaction it did not open: "
-            "only the outermost transaction can be retried (or use Propagation.REQUIRES_NEW)"
         )
     if opts.synchronous_commit_off and kind == "join" and state.dialect == "postgresql":
         raise IllegalTransactionStateError(
@@ -569,8 +568,6 @@ class Transaction:
             scope.owns_session = True
         sync = cast("Session", getattr(session, "sync_session", session))
         if kind == "none":
-            scope.state = None
-            scope.previous_stack = _stack.get()
             scope.none_session = session
             return scope, sync
         scope.state = _TxState(
@@ -586,19 +583,12 @@ class Transaction:
 
     @staticmethod
     def _push(scope: _Scope) -> None:
-        scope.previous_stack = _stack.get()
         _stack.set((*_active_scopes(), scope))
 
     @staticmethod
     def _pop(scope: _Scope) -> None:
         scope.active = False
         _stack.set(_active_scopes())
-
-    @staticmethod
-    def _yielded(scope: _Scope) -> Any:
-        if scope.state is None:
-            return scope.none_session
-        return scope.state.session
 
     # -- sync --------------------------------------------------------------------------
 
@@ -607,16 +597,12 @@ class Transaction:
         _enter_sync(sync, scope)
         self._push(scope)
         self._entered().append(scope)
-        return cast(Session, self._yielded(scope))
+        return cast(Session, scope.session)
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         scope = self._take_entered()
         try:
-            callbacks = _exit_sync(
-                scope.state.sync_session if scope.state is not None else _none_sync(scope),
-                scope,
-                exc,
-            )
+            callbacks = _exit_sync(scope.sync_session, scope, exc)
         finally:
             self._pop(scope)
         _raise_translated(exc)
@@ -658,7 +644,7 @@ class Transaction:
                 raise
         self._push(scope)
         self._entered().append(scope)
-        return cast("AsyncSession", self._yielded(scope))
+        return cast("AsyncSession", scope.session)
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         scope = self._take_entered()
@@ -674,23 +660,19 @@ class Transaction:
 
     # -- decorator ---------------------------------------------------------------------
 
-    def _fresh(self) -> Transaction:
-        return Transaction(self._options)
-
     def __call__(self, func: F) -> F:
         wants_session = "session" in inspect.signature(func).parameters
         policy = self._options.retry
         options = self._options
         if policy is not None:
-            options = _replace(options, retry=None)
-        once = Transaction(options)
+            options = replace(options, retry=None)
 
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 async def attempt() -> Any:
-                    async with once._fresh() as session:
+                    async with Transaction(options) as session:
                         call_kwargs = kwargs
                         if wants_session and "session" not in kwargs:
                             call_kwargs = {**kwargs, "session": session}
@@ -708,7 +690,7 @@ class Transaction:
         @functools.wraps(func)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             def attempt() -> Any:
-                with once._fresh() as session:
+                with Transaction(options) as session:
                     call_kwargs = kwargs
                     if wants_session and "session" not in kwargs:
                         call_kwargs = {**kwargs, "session": session}
@@ -734,23 +716,11 @@ def _raise_translated(error: BaseException | None) -> None:
         raise new from error
 
 
-def _none_sync(scope: _Scope) -> Session | None:
-    session = getattr(scope, "none_session", None)
-    if session is None:
-        return None
-    return cast(Session, getattr(session, "sync_session", session))
-
-
 async def _aexit_scope(scope: _Scope, error: BaseException | None) -> list[Callback]:
-    state = scope.state
-    if state is None:
-        session = getattr(scope, "none_session", None)
-        if session is not None and scope.owns_session:
-            await session.close()
-        return []
-    if scope.kind == "join":
+    """:func:`_exit_sync` for an async scope: through the greenlet bridge when there is I/O."""
+    if scope.kind == "join" or scope.session is None:
         return _exit_sync(None, scope, error)
-    async_session = cast("AsyncSession", state.session)
+    async_session = cast("AsyncSession", scope.session)
     return await async_session.run_sync(_exit_sync, scope, error)
 
 
@@ -781,12 +751,6 @@ def _refuse_joined_retry(options: _Options, is_async: bool) -> None:
             "retries= cannot be used on a scope that joins a transaction it did not open: "
             "only the outermost transaction can be retried (or use Propagation.REQUIRES_NEW)"
         )
-
-
-def _replace(options: _Options, **changes: Any) -> _Options:
-    from dataclasses import replace
-
-    return replace(options, **changes)
 
 
 # --------------------------------------------------------------------------- public factory
