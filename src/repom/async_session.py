@@ -1,8 +1,9 @@
 """Async sessions (seed 004): ``get_async_session``, ``get_async_db_session``,
 ``get_async_db_transaction``, ``transaction``, ``convert_to_async_uri``.
 
-Same semantics as :mod:`repom.session`.  Cleanup (rollback, close) is shielded from task
-cancellation, so a cancelled request never leaves a pooled connection checked out.
+Same semantics as :mod:`repom.session`: as a FastAPI dependency the transaction commits after the
+endpoint returned and before the response is sent.  Cleanup (rollback, close) is shielded from
+task cancellation, so a cancelled request never leaves a pooled connection checked out.
 
 Seed 004 shows::
 
@@ -12,18 +13,30 @@ Seed 004 shows::
 
 An async generator cannot tell that ``return`` from an exception (both simply abandon it), so
 leaving the loop early never commits: the work is rolled back and an :class:`EarlyExitWarning`
-is issued.  Write ``async with transaction() as session:`` (or use ``Depends``) instead.
+is issued.  The rollback itself happens when the event loop closes the abandoned generator, but
+from the moment the loop is left the transaction is nobody's current transaction: code called
+afterwards never joins it.  Write ``async with transaction() as session:`` (or use ``Depends``)
+instead.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from repom.database import AsyncDatabase, get_async_database
-from repom.session import EARLY_EXIT_MESSAGE, EarlyExitWarning
+from repom.session import (
+    EARLY_EXIT_MESSAGE,
+    NO_CONNECTION,
+    EarlyExitWarning,
+    HTTPConnection,
+    consumer_frame,
+    function_exit_stack,
+    warn_late_commit,
+)
 from repom.transactions import Propagation, Transaction, transaction
 from repom.urls import convert_to_async_uri
 
@@ -61,22 +74,49 @@ async def managed_async_session(
         yield session
 
 
-def _session_generator(name: str, doc: str) -> Callable[[], AsyncIterator[AsyncSession]]:
+def _session_generator(name: str, doc: str) -> Callable[..., AsyncIterator[AsyncSession]]:
     """Build one of the seed's session generators (an async generator function, as FastAPI's
     ``Depends`` requires).  Written once: nesting one async generator in another would lose the
     exceptions FastAPI throws into it."""
 
-    async def generator() -> AsyncIterator[AsyncSession]:
+    async def generator(connection: HTTPConnection = NO_CONNECTION) -> AsyncIterator[AsyncSession]:
+        tx = _new_transaction(None)
+        session = await tx.__aenter__()
+        tx._consumed_by(consumer_frame(sys._getframe()))
+        finished = False
+
+        async def finish(error: BaseException | None) -> None:
+            nonlocal finished
+            if not finished:
+                finished = True
+                await tx.__aexit__(type(error) if error is not None else None, error, None)
+
+        if connection is not None:
+            stack = function_exit_stack(connection)
+            if stack is None:
+                warn_late_commit(name)
+            else:
+
+                async def end_with_endpoint(_t: Any, error: BaseException | None, _tb: Any) -> bool:
+                    await finish(error)
+                    return False
+
+                stack.push_async_exit(end_with_endpoint)
         try:
-            async with _new_transaction(None) as session:
-                yield session
-        except GeneratorExit:
-            warnings.warn(
-                EARLY_EXIT_MESSAGE.format(name=name, loop="async for", with_="async with"),
-                EarlyExitWarning,
-                stacklevel=2,
-            )
+            yield session
+        except GeneratorExit as exit_:
+            if not finished:
+                warnings.warn(
+                    EARLY_EXIT_MESSAGE.format(name=name, loop="async for", with_="async with"),
+                    EarlyExitWarning,
+                    stacklevel=2,
+                )
+            await finish(exit_)
             raise
+        except BaseException as error:
+            await finish(error)
+            raise
+        await finish(None)
 
     generator.__name__ = generator.__qualname__ = name
     generator.__doc__ = doc

@@ -10,11 +10,21 @@ What every engine built here gets:
   asyncpg ``server_settings``, both in the startup packet); SQLite ``foreign_keys=ON``,
   ``busy_timeout``, WAL for files, and SQLAlchemy's BEGIN-event recipe so that SAVEPOINT and
   transactional DDL work on pysqlite and aiosqlite; MySQL strict ``sql_mode`` and UTC;
-* translation of driver errors into :mod:`repom.exceptions` (``handle_error`` hook).
+* translation of driver errors into :mod:`repom.exceptions` (``handle_error`` hook), with two
+  additions on the engine's own dialect *instance* (the class and other engines are untouched):
+  ``dialect.do_commit`` marks what COMMIT raised, so a connection lost during COMMIT becomes
+  :class:`~repom.exceptions.CommitOutcomeUnknown` (the server may have committed); and, on
+  PostgreSQL, ``dialect.connect`` translates connect failures itself
+  (:func:`~repom.exceptions.translate_connect_error`) -- asyncpg raises its own exceptions there,
+  which SQLAlchemy neither wraps nor passes to ``handle_error``, and psycopg's carry no SQLSTATE.
+  Wrapping ``dialect.connect`` rather than answering the ``do_connect`` event leaves every
+  ``do_connect`` listener (repom's and the application's, e.g. a token-refreshing password hook)
+  in charge of the connect arguments.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine as sa_create_engine
@@ -24,7 +34,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.engine.interfaces import ExceptionContext
 
 from repom.config import RepomConfig, get_config
-from repom.exceptions import translate
+from repom.exceptions import mark_commit_error, translate, translate_connect_error
 from repom.urls import backend_name, is_memory_sqlite, validate_url
 
 if TYPE_CHECKING:
@@ -37,6 +47,8 @@ __all__ = [
     "install_engine_events",
     "pool_class_name",
 ]
+
+logger = logging.getLogger("repom.engine")
 
 _POOL_SIZING = ("pool_size", "max_overflow", "pool_timeout", "pool_use_lifo")
 
@@ -111,7 +123,56 @@ def install_engine_events(engine: Engine, config: RepomConfig) -> None:
         _install_postgresql(engine, config, driver)
     elif backend in ("mysql", "mariadb"):
         _install_mysql(engine)
+    _mark_commit_errors(engine, rollback_after_failure=backend == "sqlite")
     event.listen(engine, "handle_error", _translate_error, retval=True)
+
+
+def _mark_commit_errors(engine: Engine, *, rollback_after_failure: bool) -> None:
+    """Wrap the engine's own ``dialect.do_commit`` so that what it raises is marked as raised by
+    COMMIT (see :func:`repom.exceptions.translate`).  One function call per COMMIT, no
+    connection-level event (which would slow every unit of work down, see
+    :mod:`repom.monitoring._tracker`, whose own wrappers stack on top of this one).
+
+    SQLite keeps the transaction open when its COMMIT fails (a deferred foreign key, a busy
+    database), while SQLAlchemy counts it as ended and skips the pool's reset-on-return: the
+    connection would go back to the pool holding the write lock.  *rollback_after_failure* rolls
+    it back right there."""
+    dialect = engine.dialect
+    do_commit = dialect.do_commit
+
+    def repom_do_commit(dbapi_connection: Any) -> None:
+        try:
+            do_commit(dbapi_connection)
+        except BaseException as error:
+            mark_commit_error(error)
+            if rollback_after_failure:
+                try:
+                    dbapi_connection.rollback()
+                except Exception:
+                    logger.debug("rollback after a failed COMMIT failed", exc_info=True)
+            raise
+
+    setattr(dialect, "do_commit", repom_do_commit)  # noqa: B010 - an instance attribute
+
+
+def _translate_connect_errors(engine: Engine) -> None:
+    """Wrap the engine's own ``dialect.connect`` (called after the ``do_connect`` listeners, for
+    every new DBAPI connection: ``engine.connect()``, a session's first statement, a pool
+    checkout that has to connect, a pre-ping reconnect, sync and async engines) so that connect
+    failures are raised as repom's typed errors."""
+    dialect = engine.dialect
+    connect = dialect.connect
+
+    def repom_connect(*cargs: Any, **cparams: Any) -> Any:
+        try:
+            return connect(*cargs, **cparams)
+        except Exception as error:
+            new = translate_connect_error(error)
+            if new is error:
+                raise
+            raise new from error
+
+    setattr(dialect, "connect", repom_connect)  # noqa: B010 - an instance attribute
 
 
 def _translate_error(context: ExceptionContext) -> BaseException | None:
@@ -177,6 +238,7 @@ def _pg_options(config: RepomConfig) -> dict[str, str]:
 def _install_postgresql(engine: Engine, config: RepomConfig, driver: str) -> None:
     settings = _pg_options(config)
     app_name = config.application_name
+    _translate_connect_errors(engine)
 
     @event.listens_for(engine, "do_connect")
     def _pg_connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:

@@ -8,7 +8,17 @@ working, and the driver's own exception is kept as ``orig`` and as ``__cause__``
 
 Classification uses codes, never message text: the SQLSTATE for PostgreSQL (psycopg and asyncpg),
 the extended result code for SQLite, the error number for MySQL/MariaDB.  Names of the constraint,
-table and column are attached where the driver reports them.
+table and column are attached where the driver reports them.  The one exception is a failure to
+*connect* (:func:`translate_connect_error`): libpq reports the server's FATAL message at connect
+time without a SQLSTATE, so for psycopg the (English) message is read to tell a missing database,
+refused credentials and a full server apart; and a pooler's "unsupported startup parameter" is
+recognised by its message for both drivers (PgBouncer sends it with the generic 08P01).
+
+Errors raised by COMMIT are told apart from the same errors elsewhere: engines built by repom mark
+what the dialect's ``do_commit`` raised, and a connection lost (or an unclassified operational
+error) *during COMMIT* becomes :class:`CommitOutcomeUnknown` -- the server may have committed
+before the connection went away.  A definite refusal at COMMIT (serialization failure, a deferred
+constraint) keeps its own type.
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import exc as orm_exc
 
 __all__ = [
+    "AfterCommitError",
     "CheckViolationError",
+    "CommitOutcomeUnknown",
     "ConfigurationError",
     "ConflictError",
     "ConnectionLost",
@@ -32,6 +44,7 @@ __all__ = [
     "DeadlockDetected",
     "DuplicateKeyError",
     "ForeignKeyViolationError",
+    "IdleInTransactionTimeout",
     "IllegalTransactionStateError",
     "IntegrityViolation",
     "InvalidCursorError",
@@ -46,9 +59,11 @@ __all__ = [
     "RollbackOnlyError",
     "SerializationFailure",
     "StatementTimeout",
+    "TooManyConnections",
     "TransactionError",
     "TransactionRequiredError",
     "translate",
+    "translate_connect_error",
 ]
 
 
@@ -115,6 +130,15 @@ class RollbackOnlyError(TransactionError):
 
 class TransactionRequiredError(TransactionError):
     """``Propagation.MANDATORY`` found no transaction to join."""
+
+
+class AfterCommitError(TransactionError):
+    """An ``on_commit`` callback registered with ``robust=False`` failed.  The transaction WAS
+    committed; ``errors`` holds what the failing callbacks raised (every callback ran)."""
+
+    def __init__(self, message: str, *, errors: list[BaseException]) -> None:
+        super().__init__(message)
+        self.errors = errors
 
 
 class IllegalTransactionStateError(TransactionError):
@@ -232,12 +256,51 @@ class LockNotAvailable(RetryableError):
 
 
 class ConnectionLost(RetryableError):
-    """The connection to the database was lost (or could not be made)."""
+    """The connection to the database was lost (or could not be made: refused, timed out, host
+    not found, server starting up or shutting down).
+
+    Lost *during COMMIT* it is :class:`CommitOutcomeUnknown` instead, which is not a
+    ``ConnectionLost``: a retry loop written as ``except ConnectionLost`` must not repeat a write
+    that may have been committed.
+    """
+
+
+class IdleInTransactionTimeout(ConnectionLost):
+    """SQLSTATE 25P03: the server ended the session because it sat idle inside a transaction
+    longer than ``idle_in_transaction_session_timeout``.
+
+    The transaction was rolled back for certain (the server only ends sessions that are idle, so
+    a COMMIT it had received would have been processed) and the connection is gone, so it is a
+    retryable :class:`ConnectionLost` -- even when it is reported in answer to COMMIT.  asyncpg
+    discards a server message that arrives while no statement is running, so with asyncpg the
+    same event surfaces as a plain :class:`ConnectionLost` (or, at COMMIT,
+    :class:`CommitOutcomeUnknown`).
+    """
+
+
+class TooManyConnections(RetryableError):
+    """SQLSTATE 53300 at connect: the server's ``max_connections`` (or a role's or database's
+    ``CONNECTION LIMIT``) is reached.  Retryable: a slot frees up when another client leaves."""
+
+
+class CommitOutcomeUnknown(DatabaseError, sa_exc.OperationalError):
+    """The connection was lost while COMMIT was in flight: the transaction may or may not have
+    been committed, and only reading the data again can tell.
+
+    Also CockroachDB's SQLSTATE 40003 (``statement_completion_unknown``), wherever it appears.
+
+    Deliberately *not* a :class:`RetryableError` nor a :class:`ConnectionLost`: running the
+    transaction again could apply the write twice.  :func:`repom.retry.is_retryable` returns
+    ``True`` for it only with ``idempotent=True``.  It is still an
+    ``sqlalchemy.exc.OperationalError``.
+    """
 
 
 class DatabaseUnavailable(DatabaseError, sa_exc.OperationalError):
     """The database refused the connection for a reason a retry will not fix: it does not exist
-    (SQLSTATE 3D000) or the credentials are refused (class 28)."""
+    (SQLSTATE 3D000), the credentials or the client are refused (class 28), or a setting sent at
+    connect time is rejected (classes 22 and 42 while connecting, such as an unknown parameter
+    or an invalid ``TimeZone``)."""
 
 
 class StatementTimeout(DatabaseError, sa_exc.OperationalError):
@@ -268,6 +331,9 @@ _PG_CLASSES: dict[str, type[DatabaseError]] = {
     "57P02": ConnectionLost,  # crash shutdown
     "57P03": ConnectionLost,  # cannot connect now
     "3D000": DatabaseUnavailable,  # database does not exist
+    "25P03": IdleInTransactionTimeout,  # idle_in_transaction_session_timeout
+    "53300": TooManyConnections,  # too many connections (server, role or database limit)
+    "40003": CommitOutcomeUnknown,  # statement_completion_unknown (CockroachDB)
 }
 _PG_PREFIX_CLASSES: dict[str, type[DatabaseError]] = {
     "08": ConnectionLost,
@@ -322,13 +388,23 @@ _DESCRIPTIONS: dict[type[DatabaseError], str] = {
     SerializationFailure: "could not serialize access due to concurrent update",
     DeadlockDetected: "deadlock detected",
     LockNotAvailable: "lock not available",
+    IdleInTransactionTimeout: "the server closed the connection: idle in transaction too long "
+    "(idle_in_transaction_session_timeout); the transaction was rolled back",
     ConnectionLost: "connection to the database lost",
+    TooManyConnections: "too many connections to the database",
+    CommitOutcomeUnknown: "the connection was lost during COMMIT: the transaction may or may not "
+    "have been committed; check the data before retrying",
     DatabaseUnavailable: "the database is unavailable",
     StatementTimeout: "statement timeout",
     ReadOnlyViolation: "write attempted in a read-only transaction",
     InvalidDataError: "invalid data",
     DatabaseError: "database error",
 }
+
+_STATEMENT_COMPLETION_UNKNOWN = (
+    "the database could not tell whether the statement completed (statement_completion_unknown): "
+    "the transaction may or may not have been committed; check the data before retrying"
+)
 
 # SQLite reports names only in its message; they are read from there, but never the class.
 _SQLITE_NAMES = re.compile(r"constraint failed: ([\w\.]+(?:, [\w\.]+)*)", re.IGNORECASE)
@@ -408,6 +484,8 @@ def _message(cls: type[DatabaseError], details: Mapping[str, Any]) -> str:
     while base not in _DESCRIPTIONS:
         base = base.__mro__[1]  # pragma: no cover - every class is described
     text = _DESCRIPTIONS[base]
+    if base is CommitOutcomeUnknown and details.get("sqlstate") == "40003":
+        text = _STATEMENT_COMPLETION_UNKNOWN
     parts = []
     if details.get("constraint_name"):
         parts.append(f"constraint {details['constraint_name']!r}")
@@ -422,13 +500,62 @@ def _message(cls: type[DatabaseError], details: Mapping[str, Any]) -> str:
     return text
 
 
-def translate(error: BaseException) -> BaseException:
+# --------------------------------------------------------------------------- COMMIT
+
+# set on the driver's exception by the ``do_commit`` wrapper of repom-built engines
+_COMMIT_MARK = "_repom_raised_by_commit"
+
+
+def mark_commit_error(error: BaseException) -> None:
+    """Note that *error* was raised by COMMIT (the dialect's ``do_commit``), so that
+    :func:`translate` tells a connection lost during COMMIT from one lost elsewhere."""
+    try:
+        setattr(error, _COMMIT_MARK, True)
+    except Exception:  # pragma: no cover - every exception instance has a __dict__
+        pass
+
+
+def _outcome_unknown_at_commit(cls: type[DatabaseError]) -> bool:
+    """Whether an error of class *cls* raised by COMMIT leaves its outcome unknown: a lost
+    connection does (except 25P03, which guarantees a rollback); a refusal by the server
+    (serialization failure, deferred constraint, ...) does not."""
+    return issubclass(cls, ConnectionLost) and not issubclass(cls, IdleInTransactionTimeout)
+
+
+def _as_commit_outcome_unknown(error: DatabaseError) -> CommitOutcomeUnknown:
+    new = CommitOutcomeUnknown(
+        _message(CommitOutcomeUnknown, {"sqlstate": error.sqlstate}),
+        statement=error.statement,
+        params=error.params,
+        orig=error.orig,
+        sqlstate=error.sqlstate,
+        connection_invalidated=error.connection_invalidated,
+        ismulti=error.ismulti,
+    )
+    new.__dict__["during_commit"] = True
+    new.__cause__ = error.__cause__ if error.__cause__ is not None else error
+    return new
+
+
+def translate(error: BaseException, *, during_commit: bool = False) -> BaseException:
     """Map *error* onto repom's typed hierarchy; return it unchanged when no mapping applies.
 
     This is the one translation used everywhere (engine ``handle_error`` hook, transaction
     boundaries, repositories, FastAPI dependencies).
+
+    ``during_commit=True`` says *error* was raised by COMMIT (engines built by repom mark such
+    errors themselves; the flag is for sessions on other engines): a lost connection then becomes
+    :class:`CommitOutcomeUnknown`, and the translated error gets ``during_commit = True``.  A
+    :class:`ConnectionLost` that already carries ``during_commit = True`` is turned into
+    :class:`CommitOutcomeUnknown` as well.
     """
     if isinstance(error, RepomError):
+        if isinstance(error, DatabaseError):
+            commit = during_commit or bool(error.__dict__.get("during_commit"))
+            if commit and _outcome_unknown_at_commit(type(error)):
+                return _as_commit_outcome_unknown(error)
+            if during_commit:
+                error.__dict__["during_commit"] = True
         return error
     if (
         isinstance(error, sa_exc.StatementError)
@@ -437,9 +564,16 @@ def translate(error: BaseException) -> BaseException:
     ):
         return error.orig  # repom's own validation (a column type refusing a value), unwrapped
     if isinstance(error, sa_exc.DBAPIError):
+        commit = during_commit or bool(getattr(error.orig, _COMMIT_MARK, False))
         found = _classify(error)
         if found is None:
-            if error.connection_invalidated or (
+            if commit and (
+                error.connection_invalidated
+                or isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
+            ):
+                # COMMIT failed without a definite answer from the server
+                found = (CommitOutcomeUnknown, {})
+            elif error.connection_invalidated or (
                 # no statement: the connection itself could not be made (refused, DNS, auth
                 # timeouts) -- the drivers give no SQLSTATE for these
                 isinstance(error, sa_exc.OperationalError) and error.statement is None
@@ -448,8 +582,12 @@ def translate(error: BaseException) -> BaseException:
             else:
                 return error
         cls, details = found
-        if error.connection_invalidated and not issubclass(cls, ConnectionLost):
+        if error.connection_invalidated and not issubclass(
+            cls, ConnectionLost | CommitOutcomeUnknown
+        ):
             cls = ConnectionLost
+        if commit and _outcome_unknown_at_commit(cls):
+            cls = CommitOutcomeUnknown
         new = cls(
             _message(cls, details),
             statement=error.statement,
@@ -459,14 +597,17 @@ def translate(error: BaseException) -> BaseException:
             ismulti=error.ismulti,
             **details,
         )
+        if commit:
+            new.__dict__["during_commit"] = True
         new.__cause__ = error.orig
         return new
-    if isinstance(error, (ConnectionError, TimeoutError, socket.gaierror)):
-        # raised by a driver's connect (asyncpg: ConnectionRefusedError, DNS failure) outside any
-        # DBAPI wrapping
-        lost = ConnectionLost(f"cannot connect to the database: {type(error).__name__}", orig=error)
-        lost.__cause__ = error
-        return lost
+    if isinstance(error, ConnectionError | TimeoutError | socket.gaierror) or (
+        _raw_asyncpg_connect_error(error)
+    ):
+        # raised by a driver's connect outside any DBAPI wrapping (asyncpg's own errors,
+        # ConnectionRefusedError, a DNS failure); engines built by repom translate these where
+        # the connection is made already
+        return translate_connect_error(error)
     if isinstance(error, orm_exc.StaleDataError):
         new_conflict = ConflictError(
             "the row was changed or deleted by another transaction since it was read "
@@ -482,3 +623,133 @@ def translate(error: BaseException) -> BaseException:
         new_pool.__cause__ = error
         return new_pool
     return error
+
+
+# --------------------------------------------------------------------------- connecting
+
+# libpq hands psycopg the server's FATAL message at connect time as text only (no SQLSTATE):
+# the message is read for these cases, and for nothing else.  Servers configured with a
+# non-English lc_messages send translated text; those failures stay ConnectionLost.
+_CONNECT_MESSAGES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r'database "[^"]*" does not exist'), "3D000"),
+    (re.compile(r'role "[^"]*" does not exist'), "28000"),
+    (re.compile(r"password authentication failed|no password supplied"), "28P01"),
+    (re.compile(r"authentication failed|no pg_hba\.conf entry"), "28000"),
+    (
+        re.compile(
+            r"too many clients already|remaining connection slots are reserved"
+            r"|too many connections for|no more connections allowed"
+        ),
+        "53300",
+    ),
+    (re.compile(r"permission denied for database"), "42501"),
+    (re.compile(r"unrecognized configuration parameter"), "42704"),
+    (re.compile(r"invalid value for parameter"), "22023"),
+    (re.compile(r"the database system is (starting up|shutting down|in recovery mode)"), "57P03"),
+)
+# PgBouncer (and other poolers) refusing a parameter of the startup packet; it sends the generic
+# 08P01, so this one is recognised by its message whatever the driver
+_STARTUP_PARAMETER = re.compile(r"unsupported startup parameter(?::\s*([\w.\-]+))?", re.IGNORECASE)
+
+_CONNECT_REASONS: dict[str, str] = {
+    "3D000": "the database does not exist",
+    "28": "the server refused the role, the password or the client",
+    "22": "the server rejected a connection setting",
+    "42": "the server rejected a connection setting",
+    "53300": "too many connections",
+    "57P03": "the server is starting up or shutting down",
+}
+
+
+def _is_driver_class(error: BaseException, module: str, name: str) -> bool:
+    return any(
+        klass.__name__ == name and klass.__module__.startswith(module)
+        for klass in type(error).__mro__
+    )
+
+
+def _raw_asyncpg_connect_error(error: BaseException) -> bool:
+    """An asyncpg exception that SQLAlchemy did not wrap and that can only come from connecting
+    (SQLAlchemy wraps asyncpg's errors from statements; other raw ones pass unchanged)."""
+    if not type(error).__module__.startswith("asyncpg"):
+        return False
+    sqlstate = getattr(error, "sqlstate", None)
+    if not isinstance(sqlstate, str) or len(sqlstate) != 5:
+        return _is_driver_class(error, "asyncpg", "ClientConfigurationError")
+    return sqlstate == "3D000" or sqlstate[:2] in ("08", "28", "53", "57")
+
+
+def _connect_class(sqlstate: str) -> type[DatabaseError]:
+    if sqlstate == "53300":
+        return TooManyConnections
+    if sqlstate == "3D000" or sqlstate[:2] in ("28", "22", "42"):
+        return DatabaseUnavailable
+    return ConnectionLost
+
+
+def _startup_parameter_error(parameter: str | None, text: str) -> ConfigurationError:
+    name = parameter or "<the parameter named above>"
+    return ConfigurationError(
+        f"the connection pooler rejected a startup parameter ({text}). repom sends its "
+        "connect-time settings (TimeZone, statement_timeout, application_name) in the startup "
+        "packet -- as the libpq 'options' parameter with psycopg, as server_settings with "
+        "asyncpg -- and PgBouncer refuses startup parameters it does not track. Add the "
+        f"parameter to PgBouncer's ignore_startup_parameters (ignore_startup_parameters = "
+        f"{name}) or connect to PostgreSQL directly."
+    )
+
+
+def translate_connect_error(error: BaseException) -> BaseException:
+    """Map an exception raised while *connecting* to PostgreSQL (by psycopg, by asyncpg, or by
+    the socket layer underneath) onto repom's types; anything else is returned unchanged.
+
+    * 3D000 (no such database), class 28 (role, password, ``pg_hba.conf``) and a rejected
+      startup setting (classes 22/42) -> :class:`DatabaseUnavailable`, not retryable;
+    * 53300 (server, role or database connection limit) -> :class:`TooManyConnections`;
+    * a refused or timed-out connection, an unknown host, a server starting up or shutting
+      down, any other failure -> :class:`ConnectionLost`;
+    * a pooler's "unsupported startup parameter" -> :class:`ConfigurationError` naming the fix.
+
+    psycopg reports most of these without a SQLSTATE (libpq passes the server's FATAL message
+    as text), so for psycopg the message is read when the SQLSTATE is missing.
+    """
+    if isinstance(error, RepomError):
+        return error
+    raw = _driver_error(error.orig) if isinstance(error, sa_exc.DBAPIError) else error
+    if raw is None:  # pragma: no cover - a DBAPIError always has orig
+        return error
+    module = type(raw).__module__
+    text = " ".join(str(raw).split())
+    sqlstate: str | None = None
+    if module.startswith(("psycopg", "asyncpg")):
+        match = _STARTUP_PARAMETER.search(text)
+        if match:
+            config_error = _startup_parameter_error(match.group(1), text)
+            config_error.__cause__ = raw
+            return config_error
+        code = getattr(raw, "sqlstate", None)
+        if isinstance(code, str) and len(code) == 5:
+            sqlstate = code
+        elif module.startswith("psycopg"):
+            if not _is_driver_class(raw, "psycopg", "OperationalError"):
+                return error  # e.g. ProgrammingError for a malformed conninfo string
+            sqlstate = next((s for pattern, s in _CONNECT_MESSAGES if pattern.search(text)), None)
+        elif _is_driver_class(raw, "asyncpg", "ClientConfigurationError"):
+            config_error = ConfigurationError(f"invalid connection settings: {text}")
+            config_error.__cause__ = raw
+            return config_error
+    elif not isinstance(raw, OSError | TimeoutError):
+        return error
+    cls = _connect_class(sqlstate) if sqlstate is not None else ConnectionLost
+    reason = None
+    if sqlstate is not None:
+        reason = _CONNECT_REASONS.get(sqlstate) or _CONNECT_REASONS.get(sqlstate[:2])
+    message = "cannot connect to the database"
+    if reason:
+        message += f": {reason}"
+    if sqlstate:
+        message += f" [{sqlstate}]"
+    message += f" ({text or type(raw).__name__})"
+    new = cls(message, orig=raw, sqlstate=sqlstate)
+    new.__cause__ = raw
+    return new

@@ -4,9 +4,12 @@ Only the *whole* unit of work can be retried: the function that opened the trans
 again from the start.  That is why a retry refuses to run inside a transaction it did not open.
 
 What is retried (:func:`is_retryable`): SQLSTATE 40001 (serialization failure), 40P01 (deadlock),
-lock-not-available (55P03, MySQL 1205, SQLite BUSY) and a lost connection -- but a connection lost
-*during COMMIT* leaves the outcome unknown (the commit may have happened), so it is retried only
-when the caller declares the work idempotent.  Integrity errors are never retried.
+lock-not-available (55P03, MySQL 1205, SQLite BUSY), too many connections (53300) and a lost
+connection (including 25P03, the server ending a session idle in a transaction: that transaction
+was rolled back).  A connection lost *during COMMIT* leaves the outcome unknown -- the commit may
+have happened -- and is raised as :class:`~repom.exceptions.CommitOutcomeUnknown`, which is
+retried only when the caller declares the work idempotent (``idempotent=True``).  Integrity
+errors, a missing database and refused credentials are never retried.
 
 The wait before attempt *n* (n = 1, 2, ...) is ``uniform(0, min(max_delay, delay *
 backoff_factor ** (n - 1)))`` ("full jitter"), or exactly that cap with ``jitter=False``.
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from repom.exceptions import (
-    ConnectionLost,
+    CommitOutcomeUnknown,
     IllegalTransactionStateError,
     IntegrityViolation,
     RetryableError,
@@ -75,15 +78,19 @@ class RetryPolicy:
 
 
 def is_retryable(error: BaseException, *, idempotent: bool = False) -> bool:
-    """True when running the whole transaction again may succeed."""
+    """True when running the whole transaction again may succeed.
+
+    :class:`~repom.exceptions.CommitOutcomeUnknown` (the connection was lost during COMMIT, so
+    the transaction may have been committed) is retryable only with ``idempotent=True``; a
+    :class:`~repom.exceptions.ConnectionLost` marked ``during_commit`` (a session on an engine
+    repom did not build) is translated to it first.
+    """
     error = translate(error)
+    if isinstance(error, CommitOutcomeUnknown):
+        return idempotent
     if isinstance(error, IntegrityViolation):
         return False
-    if not isinstance(error, RetryableError):
-        return False
-    if isinstance(error, ConnectionLost) and getattr(error, "during_commit", False):
-        return idempotent
-    return True
+    return isinstance(error, RetryableError)
 
 
 def _note(attempt: int, error: BaseException, wait: float) -> None:

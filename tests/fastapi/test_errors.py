@@ -32,6 +32,17 @@ def _db_error(cls: type[exc.DatabaseError], **names: Any) -> exc.DatabaseError:
     )
 
 
+COMMIT_UNKNOWN_DETAIL = (
+    "the connection to the database was lost while the change was being committed: it may or "
+    "may not have been applied; check the current state before retrying"
+)
+
+
+def _during_commit(error: exc.DatabaseError) -> exc.DatabaseError:
+    error.__dict__["during_commit"] = True
+    return error
+
+
 CASES: list[tuple[str, Callable[[], BaseException], int, dict[str, Any], bool]] = [
     (
         "not_found",
@@ -128,6 +139,43 @@ CASES: list[tuple[str, Callable[[], BaseException], int, dict[str, Any], bool]] 
         True,
     ),
     ("deadlock", lambda: _db_error(exc.DeadlockDetected), 503, {"code": "concurrent_update"}, True),
+    (
+        "too_many_connections",
+        lambda: _db_error(exc.TooManyConnections, sqlstate="53300"),
+        503,
+        {"code": "too_many_connections"},
+        True,
+    ),
+    (
+        "database_unavailable",
+        lambda: _db_error(exc.DatabaseUnavailable, sqlstate="3D000"),
+        503,
+        {"code": "database_unavailable"},
+        True,
+    ),
+    (
+        "idle_in_transaction",
+        lambda: _db_error(exc.IdleInTransactionTimeout, sqlstate="25P03"),
+        503,
+        {"code": "database_unavailable"},
+        True,
+    ),
+    (
+        "commit_outcome_unknown",
+        lambda: _db_error(exc.CommitOutcomeUnknown),
+        500,
+        {"code": "commit_outcome_unknown", "detail": COMMIT_UNKNOWN_DETAIL},
+        False,
+    ),
+    (
+        # a session on an engine repom did not build: the transaction scope marks the
+        # ConnectionLost it translated from COMMIT
+        "connection_lost_during_commit",
+        lambda: _during_commit(_db_error(exc.ConnectionLost)),
+        500,
+        {"code": "commit_outcome_unknown"},
+        False,
+    ),
     (
         "timeout",
         lambda: _db_error(exc.StatementTimeout),

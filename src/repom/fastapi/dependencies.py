@@ -27,7 +27,8 @@ from sqlalchemy.orm import Session
 
 from repom.database import AsyncDatabase, Database
 from repom.fastapi._databases import app_async_database, app_database, register_dependency
-from repom.transactions import IsolationLevel, Propagation, transaction
+from repom.transactions import IsolationLevel, transaction
+from repom.transactions.core import request_transaction
 
 __all__ = [
     "AsyncDbSession",
@@ -56,12 +57,14 @@ def session_dependency(
 
     def request_session(request: Request) -> Iterator[Session]:
         db = database if database is not None else app_database(request.app)
-        with transaction(
-            database=db,
-            propagation=Propagation.REQUIRES_NEW,
-            read_only=read_only,
-            isolation=level,
-        ) as session:
+        scope = (
+            request_transaction(db, read_only=read_only, isolation=level)
+            if database is None
+            else transaction(
+                database=db, propagation="requires_new", read_only=read_only, isolation=level
+            )
+        )
+        with scope as session:
             yield session
 
     register_dependency(request_session, is_async=False, database=database)
@@ -82,12 +85,14 @@ def async_session_dependency(
 
     async def async_request_session(request: Request) -> AsyncIterator[AsyncSession]:
         db = database if database is not None else app_async_database(request.app)
-        async with transaction(
-            database=db,
-            propagation=Propagation.REQUIRES_NEW,
-            read_only=read_only,
-            isolation=level,
-        ) as session:
+        scope = (
+            request_transaction(db, read_only=read_only, isolation=level)
+            if database is None
+            else transaction(
+                database=db, propagation="requires_new", read_only=read_only, isolation=level
+            )
+        )
+        async with scope as session:
             yield session
 
     register_dependency(async_request_session, is_async=True, database=database)

@@ -75,6 +75,15 @@ MAPPINGS: dict[type[BaseException], ErrorMapping] = {
     exc.InvalidCursorError: ErrorMapping(422, "invalid_cursor"),
     exc.InvalidFilterError: ErrorMapping(422, "invalid_filter"),
     exc.PoolExhausted: ErrorMapping(503, "pool_exhausted", _BUSY, retry_after=True),
+    exc.TooManyConnections: ErrorMapping(503, "too_many_connections", _BUSY, retry_after=True),
+    # no Retry-After: the write may have been applied, and repeating it blindly could apply it
+    # twice; a 5xx the client does not retry automatically (not 502/503/504)
+    exc.CommitOutcomeUnknown: ErrorMapping(
+        500,
+        "commit_outcome_unknown",
+        "the connection to the database was lost while the change was being committed: it may "
+        "or may not have been applied; check the current state before retrying",
+    ),
     exc.ConnectionLost: ErrorMapping(
         503, "database_unavailable", "the database is unavailable; retry later", retry_after=True
     ),
@@ -158,8 +167,11 @@ def install_exception_handlers(
     * ``NotFoundError`` 404; ``DuplicateKeyError``, ``ConflictError`` (stale version), foreign-key
       and other integrity violations 409; ``InvalidFilterError`` / ``InvalidCursorError``, check and
       not-null violations, invalid values 422;
-    * ``PoolExhausted``, ``ConnectionLost`` and retryable concurrency failures (serialization,
-      deadlock, lock timeout) 503 with ``Retry-After: <retry_after>``; ``StatementTimeout`` 504;
+    * ``PoolExhausted``, ``TooManyConnections``, ``ConnectionLost``, ``DatabaseUnavailable`` and
+      retryable concurrency failures (serialization, deadlock, lock timeout) 503 with
+      ``Retry-After: <retry_after>``; ``StatementTimeout`` 504;
+    * ``CommitOutcomeUnknown`` (the connection was lost during COMMIT: the write may have been
+      applied) 500 with code ``commit_outcome_unknown`` and no ``Retry-After``;
     * anything else 500 with a generic body (the error is logged with its traceback).
 
     ``include_names=False`` leaves constraint/table/column names out of 4xx bodies.  ``overrides``

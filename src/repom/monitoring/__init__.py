@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-from repom.monitoring._stats import retry_counts
+from repom.monitoring._stats import callback_failure_counts, retry_counts
 from repom.monitoring._tracker import MonitorOptions, mask_parameters
 from repom.monitoring.context import (
     RouteContextMiddleware,
@@ -48,6 +48,7 @@ __all__ = [
     "RouteContextMiddleware",
     "UnsupportedMonitorTarget",
     "assert_max_queries",
+    "callback_failure_counts",
     "current_route",
     "mask_parameters",
     "metrics_available",

@@ -19,6 +19,8 @@ __all__ = [
     "WAIT_BUCKETS",
     "Counter",
     "Histogram",
+    "callback_failure_counts",
+    "count_callback_failure",
     "retry_counts",
     "watch_retries",
 ]
@@ -184,3 +186,20 @@ def retry_counts() -> dict[str, int]:
     """Retries since the process started (since monitoring was first installed), by error."""
     with _retry_lock:
         return dict(_retries)
+
+
+# --------------------------------------------------------------------------- on_commit failures
+
+_callback_failures: dict[str, int] = {}
+
+
+def count_callback_failure(name: str) -> None:
+    """Count an ``on_commit`` callback that failed after COMMIT (by callback name)."""
+    with _retry_lock:
+        _callback_failures[name] = _callback_failures.get(name, 0) + 1
+
+
+def callback_failure_counts() -> dict[str, int]:
+    """``on_commit`` callbacks that failed since the process started, by callback name."""
+    with _retry_lock:
+        return dict(_callback_failures)

@@ -442,7 +442,8 @@ class Tracker:
         self.timeouts_reported = 0
         self._config_lock = threading.RLock()  # installing, removing, re-wrapping a new pool
         self._listening: dict[str, Callable[..., Any]] = {}
-        self._wrapped: dict[tuple[int, str], Callable[..., Any]] = {}  # (id(obj), name) -> ours
+        # (id(obj), name) -> (our wrapper, the instance attribute it replaced or None)
+        self._wrapped: dict[tuple[int, str], tuple[Callable[..., Any], Any]] = {}
         self._pool_counts_itself = isinstance(engine.pool, QueuePool)
         self._dialect = engine.dialect
         self.open_checkout = _checkout_opener(self)
@@ -538,19 +539,28 @@ class Tracker:
     def _wrap(
         self, obj: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]
     ) -> None:
-        """Set ``make(obj.name)`` as *obj*'s own ``name`` (once)."""
+        """Set ``make(obj.name)`` as *obj*'s own ``name`` (once).  A wrapper already set on the
+        instance (repom's engine wraps ``dialect.do_commit``) is wrapped in turn and put back by
+        :meth:`_unwrap`."""
         key = (id(obj), name)
         current = vars(obj).get(name)
-        if current is not None and current is self._wrapped.get(key):
+        held = self._wrapped.get(key)
+        if current is not None and held is not None and current is held[0]:
             return
         wrapper = make(getattr(obj, name))
         vars(obj)[name] = wrapper
-        self._wrapped[key] = wrapper
+        self._wrapped[key] = (wrapper, current)
 
     def _unwrap(self, obj: Any, name: str) -> None:
-        mine = self._wrapped.pop((id(obj), name), None)
-        if mine is not None and vars(obj).get(name) is mine:
-            del vars(obj)[name]
+        held = self._wrapped.pop((id(obj), name), None)
+        if held is None:
+            return
+        mine, previous = held
+        if vars(obj).get(name) is mine:
+            if previous is None:
+                del vars(obj)[name]
+            else:
+                vars(obj)[name] = previous
 
     def _wrap_pool(self, pool: Pool) -> None:
         """Time ``pool.connect`` (again after ``engine.dispose()`` made a new pool)."""

@@ -18,7 +18,8 @@ Counters: ``repom_pool_checkout_timeouts_total`` (``PoolExhausted``), ``repom_po
 ``repom_pool_recycles_total``, ``repom_pool_invalidations_total``,
 ``repom_pool_disconnects_total``, ``repom_pool_long_checkouts_total``,
 ``repom_slow_statements_total``, ``repom_commits_total``, ``repom_rollbacks_total``, and
-``repom_transaction_retries_total`` (label ``error`` instead of ``pool``).
+``repom_transaction_retries_total`` (label ``error`` instead of ``pool``) and
+``repom_on_commit_failures_total`` (label ``callback``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from repom.monitoring._stats import Histogram, retry_counts, watch_retries
+from repom.monitoring._stats import (
+    Histogram,
+    callback_failure_counts,
+    retry_counts,
+    watch_retries,
+)
 from repom.monitoring._tracker import Tracker, installed_trackers
 from repom.monitoring.pool import PoolMonitor
 
@@ -151,6 +157,14 @@ class RepomCollector(Collector):
             for error, n in sorted(retry_counts().items()):
                 retries.add_metric([error], float(n))
             yield retries
+        failures = CounterMetricFamily(
+            f"{ns}_on_commit_failures",
+            "on_commit callbacks that raised after the transaction was committed",
+            labels=["callback"],
+        )
+        for callback, n in sorted(callback_failure_counts().items()):
+            failures.add_metric([callback], float(n))
+        yield failures
 
 
 _registered: weakref.WeakKeyDictionary[CollectorRegistry, RepomCollector] = (

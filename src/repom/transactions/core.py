@@ -15,23 +15,27 @@ import enum
 import functools
 import inspect
 import logging
+import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard, TypeVar, cast, overload
 
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm.session import SessionTransactionState
 
 from repom.exceptions import (
+    AfterCommitError,
     IllegalTransactionStateError,
     RollbackOnlyError,
     TransactionError,
     TransactionRequiredError,
     translate,
 )
+from repom.monitoring._stats import count_callback_failure
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -129,6 +133,10 @@ class _TxState:
     # bound (test) mode: the transaction is a savepoint, and SET LOCAL outlives a RELEASE, so the
     # settings a scope changed are put back before its "commit"
     restore_settings: dict[str, str] = field(default_factory=dict)
+    stands_for_default: bool = False
+    # False once the transaction was committed, rolled back or handed back to its caller: a
+    # session whose state is closed is no longer "in a repom scope"
+    open: bool = True
 
 
 _Kind = Literal["begin", "join", "savepoint", "none"]
@@ -156,6 +164,10 @@ class _Scope:
     owns_session: bool = False
     active: bool = True
     none_session: Any = None  # the session of a scope that runs without a transaction
+    # a scope opened by a session generator consumed in a ``for``/``async for`` loop: the frame
+    # of that loop.  Only code running inside that frame may join the scope; once the loop was
+    # left (return, break, an exception) the scope is abandoned and nobody joins it any more.
+    consumer: FrameType | None = None
 
     @property
     def session(self) -> Any:
@@ -179,20 +191,104 @@ class _Options:
     retry: RetryPolicy | None = None
     synchronous_commit_off: bool = False
     sqlite_begin: str | None = None
+    rollback_on_exception: bool = True
+    commit_on_success: bool = True
+    # a web request's transaction on the application's database: scopes that default to the
+    # module default database join it too (see repom.fastapi)
+    stands_for_default: bool = False
 
 
 def _active_scopes() -> tuple[_Scope, ...]:
     return tuple(s for s in _stack.get() if s.active)
 
 
-def _find_active(is_async: bool, database: object | None) -> _Scope | None:
-    """The innermost active scope of this flavour (and database, when given)."""
+def _sync_of(session: Any) -> Session:
+    return cast(Session, getattr(session, "sync_session", session))
+
+
+def is_session(value: object) -> TypeGuard[Session | AsyncSession]:
+    """True for a SQLAlchemy ``Session`` or ``AsyncSession`` (repom's or the application's)."""
+    if isinstance(value, Session):
+        return True
+    return isinstance(getattr(value, "sync_session", None), Session) and not isinstance(value, type)
+
+
+def _live_state(session: Session | AsyncSession) -> _TxState | None:
+    """The repom transaction *session* belongs to right now, if any."""
+    state = _sync_of(session).info.get("repom_tx")
+    if isinstance(state, _TxState) and state.open:
+        return state
+    return None
+
+
+def _caller_frames() -> Iterator[FrameType]:
+    """The frames of the code running now, outermost last.  Inside SQLAlchemy's greenlet bridge
+    (``AsyncSession.run_sync``) the walk continues in the suspended async code that called it."""
+    frame: FrameType | None = sys._getframe(2)
+    greenlet_mod = sys.modules.get("greenlet")
+    current = greenlet_mod.getcurrent() if greenlet_mod is not None else None
+    while True:
+        while frame is not None:
+            yield frame
+            frame = frame.f_back
+        parent = getattr(current, "parent", None)
+        if parent is None:
+            return
+        frame = parent.gr_frame
+        current = parent
+
+
+def _abandoned(scope: _Scope) -> bool:
+    """True when *scope* belongs to a session generator whose loop was left: the code running now
+    is not inside the loop's frame.  Such a scope is taken off the stack for good (its generator
+    rolls it back when the event loop or the garbage collector closes it)."""
+    consumer = scope.consumer
+    if consumer is None:
+        return False
+    for frame in _caller_frames():
+        if frame is consumer:
+            return False
+    scope.active = False
+    logger.debug("a session generator's loop was left; its transaction is not joined")
+    return True
+
+
+def _database_matches(
+    state: _TxState, database: Database | AsyncDatabase | None, default: bool = False
+) -> bool:
+    """Does the transaction *state* run on *database*?  ``None`` accepts any database.
+    *default*: *database* is the module default, which a request transaction stands for."""
+    if database is None or state.database is database:
+        return True
+    if default and state.stands_for_default:
+        return True
+    if state.database is not None:
+        return False
+    # a session the application made itself: compare the engines
+    try:
+        bind: Any = state.sync_session.get_bind()
+    except Exception:
+        return False
+    engine = getattr(bind, "engine", bind)
+    try:
+        target = database._sync_engine()
+    except Exception:
+        return False
+    return engine is target
+
+
+def _find_active(
+    is_async: bool, database: Database | AsyncDatabase | None, default: bool = False
+) -> _Scope | None:
+    """The innermost active scope of this flavour running on *database* (any, when None)."""
     for scope in reversed(_stack.get()):
-        if not scope.active or scope.state is None:
+        if not scope.active or scope.state is None or not scope.state.open:
+            continue
+        if _abandoned(scope):
             continue
         if scope.state.is_async != is_async:
             continue
-        if database is not None and scope.state.database is not database:
+        if not _database_matches(scope.state, database, default):
             continue
         return scope
     return None
@@ -212,36 +308,64 @@ def _due(callbacks: list[Callback]) -> list[Callback]:
     return callbacks
 
 
-def current_session() -> Any:
+def current_session(database: Database | AsyncDatabase | None = None) -> Any:
     """The session of the innermost active transaction in this thread/task.
 
-    Returns a ``Session`` in sync code and an ``AsyncSession`` in async code.  Raises
-    :class:`TransactionRequiredError` when no transaction is active.
+    Returns a ``Session`` in sync code and an ``AsyncSession`` in async code.  With *database*,
+    the innermost transaction on that database.  Raises :class:`TransactionRequiredError` when
+    there is none.
     """
     for scope in reversed(_stack.get()):
-        if scope.active and scope.state is not None:
+        if scope.active and scope.state is not None and scope.state.open:
+            if _abandoned(scope) or not _database_matches(scope.state, database):
+                continue
             return scope.state.session
-    raise TransactionRequiredError("no active repom transaction in this context")
+    where = f" on {database!r}" if database is not None else ""
+    raise TransactionRequiredError(f"no active repom transaction{where} in this context")
 
 
 def in_transaction() -> bool:
     """True when a repom transaction is active in this thread/task."""
-    return any(s.active and s.kind != "none" for s in _stack.get())
+    return any(s.active and s.kind != "none" and not _abandoned(s) for s in reversed(_stack.get()))
 
 
-def on_commit(callback: Callback, *, session: Session | AsyncSession | None = None) -> None:
+class _Strict:
+    """An ``on_commit`` callback registered with ``robust=False``: its error is raised (after
+    every other callback ran)."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callback) -> None:
+        self.callback = callback
+
+    def __call__(self) -> Any:
+        return self.callback()
+
+    def __repr__(self) -> str:
+        return _callback_name(self.callback)
+
+
+def on_commit(
+    callback: Callback, *, session: Session | AsyncSession | None = None, robust: bool = True
+) -> None:
     """Run *callback* after the outermost transaction commits (Django's ``on_commit``).
 
     Callbacks run in registration order, after COMMIT succeeded, never on savepoint release.
     A callback registered inside a savepoint (``NESTED``) that rolls back is dropped, and so are
     all callbacks when the transaction rolls back.  In async code a callback may be a coroutine
     function; it is awaited.  Outside any transaction the callback runs immediately.
+
+    The work is committed when callbacks run, so a failing callback cannot undo it: every
+    callback runs, a failure is logged (with the callback's name) and counted
+    (``repom.monitoring``), and nothing is raised -- unless the callback was registered with
+    ``robust=False``: then :class:`~repom.exceptions.AfterCommitError` is raised once all
+    callbacks ran (it says that the transaction *was* committed).
     """
     state = _state_for(session)
+    if state is None and _commit_sinks:
+        _commit_sinks[-1].append(callback if robust else _Strict(callback))
+        return
     if state is None:
-        if _commit_sinks:
-            _commit_sinks[-1].append(callback)
-            return
         result = callback()
         if inspect.isawaitable(result):
             raise TransactionError(
@@ -250,20 +374,75 @@ def on_commit(callback: Callback, *, session: Session | AsyncSession | None = No
         return
     if not state.is_async and inspect.iscoroutinefunction(callback):
         raise TransactionError("on_commit(): async callback registered in a sync transaction")
-    state.levels[-1].callbacks.append(callback)
+    state.levels[-1].callbacks.append(callback if robust else _Strict(callback))
 
 
 def _state_for(session: Session | AsyncSession | None) -> _TxState | None:
     if session is not None:
-        sync = cast("Session", getattr(session, "sync_session", session))
-        state = sync.info.get("repom_tx")
-        if isinstance(state, _TxState):
-            return state
-        return None
+        return _live_state(session)
     for scope in reversed(_stack.get()):
         if scope.active and scope.state is not None and scope.kind != "none":
-            return scope.state
+            if scope.state.open and not _abandoned(scope):
+                return scope.state
     return None
+
+
+def _callback_name(callback: Callback) -> str:
+    target = getattr(callback, "callback", callback) if isinstance(callback, _Strict) else callback
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
+    if name is None:
+        return repr(target)
+    module = getattr(target, "__module__", None)
+    return f"{module}.{name}" if module else str(name)
+
+
+def _callback_failed(callback: Callback, error: BaseException) -> None:
+    name = _callback_name(callback)
+    logger.error(
+        "on_commit callback %s failed after the transaction was committed: %r",
+        name,
+        error,
+        exc_info=error,
+    )
+    count_callback_failure(name)
+
+
+def _after_commit_error(failures: list[tuple[Callback, BaseException]]) -> None:
+    strict = [(cb, err) for cb, err in failures if isinstance(cb, _Strict)]
+    if not strict:
+        return
+    names = ", ".join(_callback_name(cb) for cb, _ in strict)
+    error = AfterCommitError(
+        f"the transaction WAS committed, but on_commit callback(s) failed afterwards: {names}",
+        errors=[err for _, err in strict],
+    )
+    raise error from strict[0][1]
+
+
+def _run_callbacks_sync(callbacks: list[Callback]) -> None:
+    failures: list[tuple[Callback, BaseException]] = []
+    for callback in _due(callbacks):
+        try:
+            result = callback()
+            if inspect.isawaitable(result):  # pragma: no cover - guarded in on_commit
+                raise TransactionError("async on_commit callback in a sync transaction")
+        except Exception as exc:
+            _callback_failed(callback, exc)
+            failures.append((callback, exc))
+    _after_commit_error(failures)
+
+
+async def _run_callbacks_async(callbacks: list[Callback]) -> None:
+    failures: list[tuple[Callback, BaseException]] = []
+    for callback in _due(callbacks):
+        try:
+            result = callback()
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            _callback_failed(callback, exc)
+            failures.append((callback, exc))
+    _after_commit_error(failures)
 
 
 # --------------------------------------------------------------------------- the sync core
@@ -271,22 +450,23 @@ def _state_for(session: Session | AsyncSession | None) -> _TxState | None:
 # AsyncSession.run_sync() (a greenlet) for async code.
 
 
-def _decide(opts: _Options, is_async: bool) -> tuple[_Kind, _Scope | None]:
-    existing = _find_active(is_async, opts.database)
+def _decide(
+    opts: _Options, is_async: bool, database: Database | AsyncDatabase | None
+) -> tuple[_Kind, _TxState | None]:
+    """How a new scope relates to what is active: begin, join, savepoint or none -- and the
+    transaction it joins.  *database* is the database a new transaction would run on (None when
+    the caller passed a session)."""
+    existing: _TxState | None
     if opts.session is not None:
-        sync = cast("Session", getattr(opts.session, "sync_session", opts.session))
-        state = sync.info.get("repom_tx")
-        if isinstance(state, _TxState):
-            for scope in reversed(_stack.get()):
-                if scope.active and scope.state is state:
-                    existing = scope
-                    break
-        else:
-            existing = None
-    if existing is not None and existing.kind == "none":
-        existing = None
-    if existing is not None and existing.state is not None:
-        if existing.state.owner != _owner_token(is_async):
+        # the caller's session *is* the transaction: join it when it is in a repom scope
+        # (wherever that scope was opened: the caller handed the session over), else own it
+        existing = _live_state(opts.session)
+        if existing is not None and existing.is_async != is_async:
+            raise TransactionError("the session passed in belongs to the other flavour")
+    else:
+        scope = _find_active(is_async, database, opts.database is None)
+        existing = scope.state if scope is not None and scope.kind != "none" else None
+        if existing is not None and existing.owner != _owner_token(is_async):
             raise IllegalTransactionStateError(
                 "the active transaction belongs to another "
                 + ("task" if is_async else "thread")
@@ -294,7 +474,12 @@ def _decide(opts: _Options, is_async: bool) -> tuple[_Kind, _Scope | None]:
             )
     prop = opts.propagation
     if prop is Propagation.REQUIRES_NEW:
-        return "begin", existing
+        if existing is not None and opts.session is not None:
+            raise IllegalTransactionStateError(
+                "Propagation.REQUIRES_NEW needs a session of its own, but the session passed in "
+                "is already in a transaction; do not pass a session (or use REQUIRED/NESTED)"
+            )
+        return "begin", None
     if prop is Propagation.NEVER:
         if existing is not None:
             raise IllegalTransactionStateError("Propagation.NEVER: a transaction is already active")
@@ -335,7 +520,10 @@ def _check_join(opts: _Options, state: _TxState, kind: _Kind) -> None:
 def _begin_sync(sync_session: Session, state: _TxState, opts: _Options) -> None:
     """Start the transaction and apply its characteristics (sync I/O)."""
     sync_session.info["repom_tx"] = state
-    sync_session.begin()
+    if not sync_session.in_transaction():
+        sync_session.begin()
+    # else: a session passed in by the caller, in a transaction SQLAlchemy began on its first
+    # use ("autobegin"): this scope adopts that transaction and commits or rolls it back
     bind = sync_session.get_bind()
     dialect = bind.dialect.name
     state.dialect = dialect
@@ -413,6 +601,7 @@ def _enter_sync(sync_session: Session | None, scope: _Scope) -> None:
         return
     if scope.kind == "begin":
         assert sync_session is not None
+        _refuse_late_begin_options(sync_session, scope.options)
         try:
             _begin_sync(sync_session, state, scope.options)
         except BaseException:
@@ -423,6 +612,27 @@ def _enter_sync(sync_session: Session | None, scope: _Scope) -> None:
         state.levels.append(_Level())
 
 
+def _refuse_late_begin_options(sync_session: Session, opts: _Options) -> None:
+    """A session passed in that already ran a statement is in a transaction that began with the
+    database's defaults: isolation, PostgreSQL read-only and SQLite's BEGIN IMMEDIATE can no
+    longer be applied.  Refused before anything is touched (the caller's work stays as it is)."""
+    transaction = sync_session.get_transaction()
+    if transaction is None or not getattr(transaction, "_connections", None):
+        return
+    bind = sync_session.get_bind()
+    if isinstance(bind, Connection):
+        return  # bound (test) mode applies these with SET LOCAL
+    dialect = bind.dialect.name
+    late = opts.isolation is not None or opts.sqlite_begin is not None
+    late = late or bool(opts.read_only and dialect == "postgresql")
+    if late:
+        raise IllegalTransactionStateError(
+            "the session passed in already began a transaction with the database's defaults (it "
+            "ran a statement); isolation and read-only are set at BEGIN: call this before using "
+            "the session, or end its transaction (commit/rollback) first"
+        )
+
+
 def _rollback_savepoint(savepoint: SessionTransaction) -> None:
     """Roll back a savepoint unless it is already closed (a failed flush leaves it inactive but
     still in need of its ROLLBACK TO SAVEPOINT)."""
@@ -430,15 +640,22 @@ def _rollback_savepoint(savepoint: SessionTransaction) -> None:
         savepoint.rollback()
 
 
+def _release(sync_session: Session, state: _TxState, *, close: bool) -> None:
+    """The scope that owned the transaction is done with it: the session leaves repom's care."""
+    state.open = False
+    state.levels = [_Level()]
+    if sync_session.info.get("repom_tx") is state:
+        del sync_session.info["repom_tx"]
+    if close:
+        sync_session.close()
+
+
 def _rollback_and_close(sync_session: Session, state: _TxState, *, close: bool) -> None:
     try:
         _reset_sqlite_query_only(state)
         sync_session.rollback()
     finally:
-        state.levels = [_Level()]
-        if close:
-            sync_session.info.pop("repom_tx", None)
-            sync_session.close()
+        _release(sync_session, state, close=close)
 
 
 def _exit_sync(
@@ -452,15 +669,17 @@ def _exit_sync(
             sync_session.rollback()
             sync_session.close()
         return []
+    opts = scope.options
     if kind == "join":
-        if error is not None:
+        if error is not None and opts.rollback_on_exception:
             state.levels[-1].rollback_only = True
         return []
     if kind == "savepoint":
         level = state.levels.pop()
         savepoint = scope.savepoint
         assert savepoint is not None
-        if error is not None or level.rollback_only:
+        keep = error is not None and not opts.rollback_on_exception and savepoint.is_active
+        if (error is not None and not keep) or level.rollback_only:
             _rollback_savepoint(savepoint)
             if error is None:
                 raise RollbackOnlyError(
@@ -477,6 +696,18 @@ def _exit_sync(
     # kind == "begin": this scope owns the transaction
     assert sync_session is not None
     level = state.levels[0]
+    if not level.rollback_only and (
+        (error is not None and not opts.rollback_on_exception)
+        or (error is None and not opts.commit_on_success)
+    ):
+        # rollback_on_exception=False / commit_on_success=False: neither commit nor roll back.
+        # A session the caller passed in stays in its transaction for the caller to finish; a
+        # session this scope made has nobody to hand it to, so closing it rolls the work back.
+        _reset_sqlite_query_only(state)
+        if error is None and sync_session.is_active:
+            sync_session.flush()
+        _release(sync_session, state, close=scope.owns_session)
+        return []
     if error is not None or level.rollback_only:
         _rollback_and_close(sync_session, state, close=scope.owns_session)
         if error is None:
@@ -485,30 +716,51 @@ def _exit_sync(
                 "it was rolled back instead of committed"
             )
         return []
+    committing = False
     try:
         _reset_sqlite_query_only(state)
         _restore_settings(sync_session, state)
+        sync_session.flush()  # a failing flush is a definite failure, not an unknown commit
+        committing = True
         sync_session.commit()
     except BaseException as exc:
         try:
             _rollback_and_close(sync_session, state, close=scope.owns_session)
         except Exception:
             logger.debug("rollback after failed commit failed", exc_info=True)
-        new = translate(exc)
+        new = translate(exc, during_commit=committing)
+        if committing:
+            (new if new is not exc else exc).__dict__["during_commit"] = True
         if new is not exc:
-            new.__dict__["during_commit"] = True
             raise new from exc
-        exc.__dict__["during_commit"] = True
         raise
     callbacks = level.callbacks
-    state.levels = [_Level()]
-    if scope.owns_session:
-        sync_session.info.pop("repom_tx", None)
-        sync_session.close()
+    _release(sync_session, state, close=scope.owns_session)
     return callbacks
 
 
 # --------------------------------------------------------------------------- Transaction
+
+
+def _target_database(
+    db: Database | AsyncDatabase | None, is_async: bool
+) -> Database | AsyncDatabase:
+    """The database a scope runs on: the one given, else the module default of the flavour."""
+    if db is None:
+        if is_async:
+            from repom.database import get_async_database
+
+            return get_async_database()
+        from repom.database import get_database
+
+        return get_database()
+    if db.is_async != is_async:
+        kind = "async with" if is_async else "with"
+        raise TransactionError(
+            f"{db!r} is {'an async' if db.is_async else 'a sync'} database; "
+            f"it cannot be used with '{kind}'"
+        )
+    return db
 
 
 class Transaction:
@@ -520,22 +772,7 @@ class Transaction:
     # -- scope creation ----------------------------------------------------------------
 
     def _resolve_database(self, is_async: bool) -> Database | AsyncDatabase:
-        db = self._options.database
-        if db is None:
-            if is_async:
-                from repom.database import get_async_database
-
-                return get_async_database()
-            from repom.database import get_database
-
-            return get_database()
-        if db.is_async != is_async:
-            kind = "async with" if is_async else "with"
-            raise TransactionError(
-                f"{db!r} is {'an async' if db.is_async else 'a sync'} database; "
-                f"it cannot be used with '{kind}'"
-            )
-        return db
+        return _target_database(self._options.database, is_async)
 
     def _new_scope(self, is_async: bool) -> tuple[_Scope, Session | None]:
         opts = self._options
@@ -545,28 +782,32 @@ class Transaction:
                 "retries= needs the decorator form (@transaction(retries=...) / "
                 "@transactional(retries=...)); a with-block cannot be run again"
             )
-        kind, existing = _decide(opts, is_async)
+        database: Database | AsyncDatabase | None = None
+        if opts.session is None:
+            database = self._resolve_database(is_async)
+        elif is_session(opts.session) and hasattr(opts.session, "sync_session") != is_async:
+            have = "an AsyncSession" if is_async is False else "a sync Session"
+            raise TransactionError(
+                f"got {have} for a {'sync' if not is_async else 'async'} transaction scope"
+            )
+        kind, existing = _decide(opts, is_async, database)
         scope = _Scope(options=opts, kind=kind)
         if kind in ("join", "savepoint"):
-            assert existing is not None and existing.state is not None
-            _check_join(opts, existing.state, kind)
-            scope.state = existing.state
-            return scope, existing.state.sync_session
-        if opts.session is not None and kind != "none":
-            # a session repom did not open: use its transaction if it has one
+            assert existing is not None
+            _check_join(opts, existing, kind)
+            scope.state = existing
+            return scope, existing.sync_session
+        session: Any
+        if opts.session is not None:
+            # a session the caller passed in and that is in no repom transaction: this scope owns
+            # its transaction for the call (begins it, or adopts the one SQLAlchemy autobegan)
             session = opts.session
-            database = None
             scope.owns_session = False
-            sync = cast("Session", getattr(session, "sync_session", session))
-            if sync.in_transaction():
-                scope.kind = "savepoint" if opts.propagation is Propagation.NESTED else "join"
-            else:
-                scope.kind = "begin"
         else:
-            database = self._resolve_database(is_async)
+            assert database is not None
             session = database.session()
             scope.owns_session = True
-        sync = cast("Session", getattr(session, "sync_session", session))
+        sync = _sync_of(session)
         if kind == "none":
             scope.none_session = session
             return scope, sync
@@ -578,6 +819,18 @@ class Transaction:
             isolation=opts.isolation,
             read_only=bool(opts.read_only),
             owner=_owner_token(is_async),
+            stands_for_default=opts.stands_for_default,
+        )
+        return scope, sync
+        scope.state = _TxState(
+            database=database,
+            session=session,
+            sync_session=sync,
+            is_async=is_async,
+            isolation=opts.isolation,
+            read_only=bool(opts.read_only),
+            owner=_owner_token(is_async),
+            stands_for_default=opts.stands_for_default,
         )
         return scope, sync
 
@@ -588,13 +841,18 @@ class Transaction:
     @staticmethod
     def _pop(scope: _Scope) -> None:
         scope.active = False
+        scope.consumer = None
         _stack.set(_active_scopes())
 
     # -- sync --------------------------------------------------------------------------
 
     def __enter__(self) -> Session:
         scope, sync = self._new_scope(False)
-        _enter_sync(sync, scope)
+        try:
+            _enter_sync(sync, scope)
+        except Exception as exc:
+            _raise_translated(exc)
+            raise
         self._push(scope)
         self._entered().append(scope)
         return cast(Session, scope.session)
@@ -606,10 +864,13 @@ class Transaction:
         finally:
             self._pop(scope)
         _raise_translated(exc)
-        for callback in _due(callbacks):
-            result = callback()
-            if inspect.isawaitable(result):  # pragma: no cover - guarded in on_commit
-                raise TransactionError("async on_commit callback in a sync transaction")
+        if callbacks:
+            _run_callbacks_sync(callbacks)
+
+    def _consumed_by(self, frame: FrameType | None) -> None:
+        """The scope just entered belongs to a session generator consumed by a loop in *frame*:
+        only code running inside that frame may join it (see :func:`_abandoned`)."""
+        self._entered()[-1].consumer = frame
 
     def _entered(self) -> list[_Scope]:
         scopes: list[_Scope] | None = self.__dict__.get("_scopes")
@@ -638,9 +899,10 @@ class Transaction:
             async_session = cast("AsyncSession", scope.state.session)
             try:
                 await async_session.run_sync(_enter_sync, scope)
-            except BaseException:
+            except BaseException as exc:
                 if scope.owns_session and scope.kind == "begin":
                     await _shielded(async_session.close())
+                _raise_translated(exc)
                 raise
         self._push(scope)
         self._entered().append(scope)
@@ -653,34 +915,54 @@ class Transaction:
         finally:
             self._pop(scope)
         _raise_translated(exc)
-        for callback in _due(callbacks):
-            result = callback()
-            if inspect.isawaitable(result):
-                await result
+        if callbacks:
+            await _run_callbacks_async(callbacks)
 
     # -- decorator ---------------------------------------------------------------------
 
     def __call__(self, func: F) -> F:
-        wants_session = "session" in inspect.signature(func).parameters
+        params = inspect.signature(func).parameters
+        wants_session = "session" in params
+        # where a positional argument lands on the "session" parameter, if it can
+        session_index: int | None = None
+        if wants_session and params["session"].kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            session_index = list(params).index("session")
         policy = self._options.retry
         options = self._options
         if policy is not None:
             options = replace(options, retry=None)
+        is_async = inspect.iscoroutinefunction(func)
 
-        if inspect.iscoroutinefunction(func):
+        def prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[_Options, bool]:
+            """The options of this call (the caller's session, when one was passed) and
+            whether the scope's session must be injected as ``session=``."""
+            passed = "session" in kwargs or (
+                session_index is not None and len(args) > session_index
+            )
+            call_options = options
+            if options.session is None:
+                found = _session_argument(args, kwargs)
+                if found is not None:
+                    call_options = replace(options, session=found)
+            return call_options, wants_session and not passed
+
+        if is_async:
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                call_options, inject = prepare(args, kwargs)
+
                 async def attempt() -> Any:
-                    async with Transaction(options) as session:
-                        call_kwargs = kwargs
-                        if wants_session and "session" not in kwargs:
-                            call_kwargs = {**kwargs, "session": session}
+                    async with Transaction(call_options) as session:
+                        call_kwargs = {**kwargs, "session": session} if inject else kwargs
                         return await func(*args, **call_kwargs)
 
                 if policy is None or policy.max_retries <= 0:
                     return await attempt()
-                _refuse_joined_retry(options, True)
+                _refuse_joined_retry(call_options, True)
                 from repom.retry import run_async_with_retry
 
                 return await run_async_with_retry(attempt, policy)
@@ -689,21 +971,33 @@ class Transaction:
 
         @functools.wraps(func)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            call_options, inject = prepare(args, kwargs)
+
             def attempt() -> Any:
-                with Transaction(options) as session:
-                    call_kwargs = kwargs
-                    if wants_session and "session" not in kwargs:
-                        call_kwargs = {**kwargs, "session": session}
+                with Transaction(call_options) as session:
+                    call_kwargs = {**kwargs, "session": session} if inject else kwargs
                     return func(*args, **call_kwargs)
 
             if policy is None or policy.max_retries <= 0:
                 return attempt()
-            _refuse_joined_retry(options, False)
+            _refuse_joined_retry(call_options, False)
             from repom.retry import run_with_retry
 
             return run_with_retry(attempt, policy)
 
         return cast(F, sync_wrapper)
+
+
+def _session_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The first ``Session``/``AsyncSession`` among a call's arguments (any position, any
+    parameter name), or None."""
+    for value in args:
+        if is_session(value):
+            return value
+    for value in kwargs.values():
+        if is_session(value):
+            return value
+    return None
 
 
 def _raise_translated(error: BaseException | None) -> None:
@@ -745,8 +1039,14 @@ async def _shielded(awaitable: Awaitable[T]) -> T:
 def _refuse_joined_retry(options: _Options, is_async: bool) -> None:
     if options.propagation is Propagation.REQUIRES_NEW:
         return
-    existing = _find_active(is_async, options.database)
-    if existing is not None and existing.kind != "none":
+    if options.session is not None:
+        joined = _live_state(options.session) is not None
+    else:
+        existing = _find_active(
+            is_async, _target_database(options.database, is_async), options.database is None
+        )
+        joined = existing is not None and existing.kind != "none"
+    if joined:
         raise IllegalTransactionStateError(
             "retries= cannot be used on a scope that joins a transaction it did not open: "
             "only the outermost transaction can be retried (or use Propagation.REQUIRES_NEW)"
@@ -766,6 +1066,9 @@ def _build_options(
     session: Session | AsyncSession | None,
     idempotent: bool,
     synchronous_commit_off: bool = False,
+    rollback_on_exception: bool = True,
+    commit_on_success: bool = True,
+    stands_for_default: bool = False,
 ) -> _Options:
     if isinstance(propagation, str):
         try:
@@ -787,6 +1090,20 @@ def _build_options(
             raise InvalidTransactionOption(
                 f"timeout must be a positive number of seconds, got {timeout!r}", option="timeout"
             )
+    for name, flag in (
+        ("rollback_on_exception", rollback_on_exception),
+        ("commit_on_success", commit_on_success),
+        ("idempotent", idempotent),
+    ):
+        if not isinstance(flag, bool):
+            raise InvalidTransactionOption(
+                f"{name} must be True or False, got {flag!r}", option=name
+            )
+    if session is not None and not is_session(session):
+        raise InvalidTransactionOption(
+            f"session must be a SQLAlchemy Session or AsyncSession, got {type(session).__name__}",
+            option="session",
+        )
     policy = None
     if retries is not None:
         from repom.retry import RetryPolicy
@@ -809,6 +1126,9 @@ def _build_options(
         session=session,
         retry=policy,
         synchronous_commit_off=synchronous_commit_off,
+        rollback_on_exception=rollback_on_exception,
+        commit_on_success=commit_on_success,
+        stands_for_default=stands_for_default,
     )
 
 
@@ -823,6 +1143,8 @@ def transaction(
     database: Database | AsyncDatabase | None = None,
     session: Session | AsyncSession | None = None,
     synchronous_commit_off: bool = False,
+    rollback_on_exception: bool = True,
+    commit_on_success: bool = True,
 ) -> Transaction:
     """A transaction scope: ``with transaction() as session``, ``async with transaction() as
     session``, or ``@transaction(...)`` on a sync or async function.
@@ -836,7 +1158,15 @@ def transaction(
       failures, deadlocks and connection loss before COMMIT (see :mod:`repom.retry`).
     * ``idempotent`` -- also retry when COMMIT itself failed with an unknown outcome.
     * ``database`` -- which :class:`~repom.database.Database`/``AsyncDatabase`` (default: the
-      module default of the flavour in use); ``session`` -- use this session instead.
+      module default of the flavour in use).  ``REQUIRED`` joins only a transaction on that
+      database.
+    * ``session`` -- run in this session's transaction: join it when it is in a repom scope,
+      else own it for the scope (begin it, or adopt the one SQLAlchemy autobegan; commit on
+      success, roll back on an exception).
+    * ``rollback_on_exception=False`` -- on an exception, neither roll back nor mark the outer
+      transaction rollback-only: a session passed in stays in its transaction for the caller.
+    * ``commit_on_success=False`` -- flush but do not commit: a session passed in stays in its
+      transaction for the caller (a session the scope made itself is rolled back when closed).
     """
     return Transaction(
         _build_options(
@@ -849,6 +1179,8 @@ def transaction(
             session,
             idempotent,
             synchronous_commit_off,
+            rollback_on_exception,
+            commit_on_success,
         )
     )
 
@@ -867,6 +1199,8 @@ def transactional(
     retries: int | RetryPolicy | None = ...,
     idempotent: bool = ...,
     database: Database | AsyncDatabase | None = ...,
+    rollback_on_exception: bool = ...,
+    commit_on_success: bool = ...,
 ) -> Callable[[F], F]: ...
 
 
@@ -881,11 +1215,15 @@ def transactional(
     retries: int | RetryPolicy | None = None,
     idempotent: bool = False,
     database: Database | AsyncDatabase | None = None,
+    rollback_on_exception: bool = True,
+    commit_on_success: bool = True,
 ) -> Any:
     """Decorator form of :func:`transaction` (``@transactional`` or ``@transactional(...)``).
 
-    The function runs inside the scope; if it declares a ``session`` parameter that the caller
-    did not pass, the scope's session is injected.
+    When the caller passes a ``Session``/``AsyncSession`` (any argument, any parameter name),
+    the function runs in *that session's* transaction (see ``session=`` of :func:`transaction`).
+    If the function declares a ``session`` parameter that the caller did not pass (by keyword
+    or position), the scope's session is injected.
     """
     tx = transaction(
         propagation=propagation,
@@ -895,7 +1233,34 @@ def transactional(
         retries=retries,
         idempotent=idempotent,
         database=database,
+        rollback_on_exception=rollback_on_exception,
+        commit_on_success=commit_on_success,
     )
     if func is not None:
         return tx(func)
     return tx
+
+
+def request_transaction(
+    database: Database | AsyncDatabase,
+    *,
+    read_only: bool | None = None,
+    isolation: IsolationLevel | str | None = None,
+) -> Transaction:
+    """The transaction of one web request on the application's database (used by
+    :mod:`repom.fastapi`): a new transaction that services defaulting to the module default
+    database join, so an application whose database is attached to it needs no ``database=`` on
+    its services."""
+    return Transaction(
+        _build_options(
+            Propagation.REQUIRES_NEW,
+            isolation,
+            read_only,
+            None,
+            None,
+            database,
+            None,
+            False,
+            stands_for_default=True,
+        )
+    )

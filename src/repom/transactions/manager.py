@@ -17,7 +17,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from repom.transactions.core import IsolationLevel, Propagation, Transaction, transaction
+from repom.transactions.core import (
+    IsolationLevel,
+    Propagation,
+    Transaction,
+    is_session,
+    transaction,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,7 +35,7 @@ __all__ = ["SessionManager", "TransactionManager"]
 
 
 def _database(source: Any) -> Database | AsyncDatabase | None:
-    if source is None:
+    if source is None or is_session(source):
         return None
     from repom.database import AsyncDatabase, Database, DatabaseManager
 
@@ -38,30 +44,52 @@ def _database(source: Any) -> Database | AsyncDatabase | None:
     if isinstance(source, DatabaseManager):
         return source.database
     raise TypeError(
-        f"expected a Database, AsyncDatabase or DatabaseManager, got {type(source).__name__}"
+        "expected a Database, AsyncDatabase, DatabaseManager or a Session/AsyncSession, got "
+        f"{type(source).__name__}"
     )
 
 
 class TransactionManager:
     """Seeds 000/003: ``transaction()``, ``read_only_session()``, ``nested_transaction(session)``,
-    ``batch_session()``.  ``database=None`` uses the module default of the flavour in use."""
+    ``batch_session()``.  ``database=None`` uses the module default of the flavour in use.
 
-    def __init__(self, database: Database | AsyncDatabase | DatabaseManager | None = None) -> None:
+    Seed 003 builds it on a session: ``TransactionManager(session).transaction(
+    rollback_on_exception=..., commit_on_success=...)`` runs in that session's transaction (joins
+    it when it is in a repom scope, else owns it: commit on success, roll back on error)."""
+
+    def __init__(
+        self,
+        database: Database | AsyncDatabase | DatabaseManager | Session | AsyncSession | None = None,
+    ) -> None:
+        self.session: Session | AsyncSession | None = database if is_session(database) else None
         self.database = _database(database)
+
+    def _scope(self, **options: Any) -> Transaction:
+        if self.session is not None and "session" not in options:
+            options["session"] = self.session
+        elif "session" not in options:
+            options["database"] = self.database
+        return transaction(**options)
 
     def transaction(
         self,
         *,
         isolation: IsolationLevel | str | None = None,
         propagation: Propagation | str = Propagation.REQUIRED,
+        rollback_on_exception: bool = True,
+        commit_on_success: bool = True,
         **options: Any,
     ) -> Transaction:
-        return transaction(
-            database=self.database, isolation=isolation, propagation=propagation, **options
+        return self._scope(
+            isolation=isolation,
+            propagation=propagation,
+            rollback_on_exception=rollback_on_exception,
+            commit_on_success=commit_on_success,
+            **options,
         )
 
     def read_only_session(self, **options: Any) -> Transaction:
-        return transaction(database=self.database, read_only=True, **options)
+        return self._scope(read_only=True, **options)
 
     def nested_transaction(self, session: Session | AsyncSession) -> Transaction:
         """A SAVEPOINT on *session* (the surrounding transaction continues if it rolls back)."""
