@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import threading
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
@@ -27,6 +28,7 @@ __all__ = [
     "Environment",
     "RepomConfig",
     "get_config",
+    "on_config_change",
     "reset_config",
     "set_config",
 ]
@@ -237,6 +239,9 @@ def get_config() -> RepomConfig:
         return _config
 
 
+_change_listeners: list[Callable[[], None]] = []
+
+
 def set_config(config: RepomConfig | None) -> None:
     """Replace the process-wide configuration.
 
@@ -249,9 +254,15 @@ def set_config(config: RepomConfig | None) -> None:
         raise ConfigurationError(f"set_config() expects a RepomConfig, got {type(config).__name__}")
     with _lock:
         _config = config
-    from repom import database
+    for listener in list(_change_listeners):
+        listener()
 
-    database.reset_default_databases()
+
+def on_config_change(listener: Callable[[], None]) -> None:
+    """Call *listener* after every :func:`set_config` (the databases layer registers the reset of
+    the default databases here: configuration sits below it and does not import it)."""
+    if listener not in _change_listeners:
+        _change_listeners.append(listener)
 
 
 def reset_config() -> None:

@@ -49,6 +49,7 @@ __all__ = [
     "IntegrityViolation",
     "InvalidCursorError",
     "InvalidFilterError",
+    "InvalidTransactionOption",
     "LockNotAvailable",
     "NotFoundError",
     "NotNullViolationError",
@@ -139,6 +140,15 @@ class AfterCommitError(TransactionError):
     def __init__(self, message: str, *, errors: list[BaseException]) -> None:
         super().__init__(message)
         self.errors = errors
+
+
+class InvalidTransactionOption(TransactionError, ValueError):
+    """An option of ``transaction()`` (or of a retry policy) has a value that is not allowed;
+    ``option`` names it.  Also importable from :mod:`repom.transactions`."""
+
+    def __init__(self, message: str, *, option: str) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class IllegalTransactionStateError(TransactionError):

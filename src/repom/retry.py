@@ -31,9 +31,11 @@ from repom.exceptions import (
     CommitOutcomeUnknown,
     IllegalTransactionStateError,
     IntegrityViolation,
+    InvalidTransactionOption,
     RetryableError,
     translate,
 )
+from repom.monitoring._stats import count_retry
 
 __all__ = [
     "RetryPolicy",
@@ -62,8 +64,6 @@ class RetryPolicy:
     idempotent: bool = False
 
     def __post_init__(self) -> None:
-        from repom.transactions.core import InvalidTransactionOption
-
         if self.max_retries < 0:
             raise InvalidTransactionOption("max_retries must be >= 0", option="max_retries")
         if self.delay < 0 or self.max_delay < 0 or self.backoff_factor < 1:
@@ -95,6 +95,7 @@ def is_retryable(error: BaseException, *, idempotent: bool = False) -> bool:
 
 def _note(attempt: int, error: BaseException, wait: float) -> None:
     logger.info("retrying transaction (attempt %d) after %s; waiting %.3fs", attempt, error, wait)
+    count_retry(error)
     for listener in retry_listeners:
         try:
             listener(attempt, error)
@@ -130,10 +131,23 @@ async def run_async_with_retry(func: Callable[[], Awaitable[T]], policy: RetryPo
             await asyncio.sleep(wait)
 
 
-def _refuse_inside_transaction(func: Callable[..., Any]) -> None:
-    from repom.transactions.core import in_transaction
+# Is a repom transaction active in this thread/task?  Registered by repom.transactions, the
+# layer above: no transaction can be active before that module is imported.
+def _no_transaction() -> bool:
+    return False
 
-    if in_transaction():
+
+_transaction_probe: Callable[[], bool] = _no_transaction
+
+
+def register_transaction_probe(probe: Callable[[], bool]) -> None:
+    """Tell :func:`retry_on_database_error` how to see an active transaction."""
+    global _transaction_probe
+    _transaction_probe = probe
+
+
+def _refuse_inside_transaction(func: Callable[..., Any]) -> None:
+    if _transaction_probe():
         raise IllegalTransactionStateError(
             f"retry_on_database_error: {getattr(func, '__qualname__', func)!r} was called inside "
             "a transaction it did not open; only the outermost transaction can be retried"

@@ -13,6 +13,7 @@ other clients): after a flush every value is known, and no refresh ``SELECT`` is
 from __future__ import annotations
 
 import inspect
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -27,8 +28,11 @@ from sqlalchemy.orm import (
     DeclarativeBaseNoMeta,
     Mapped,
     MappedAsDataclass,
+    ORMExecuteState,
+    Session,
     configure_mappers,
     mapped_column,
+    with_loader_criteria,
 )
 from sqlalchemy.orm.properties import MappedColumn
 
@@ -259,8 +263,6 @@ class SoftDeleteMixin(ColumnMixin):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        from repom.models.soft_delete import install_soft_delete_filter
-
         install_soft_delete_filter()
 
 
@@ -373,3 +375,39 @@ class IntegerPrimaryKeyMixin(ColumnMixin):
             ),
         ),
     }
+
+
+# --------------------------------------------------------------------------- soft-delete filter
+
+#: the execution option / ``session.info`` key that turns the filter off
+INCLUDE_DELETED = "include_deleted"
+
+_CRITERIA = with_loader_criteria(
+    SoftDeleteMixin,
+    lambda cls: cls.is_deleted == false(),
+    include_aliases=True,
+    track_closure_variables=False,
+)
+
+_lock = threading.Lock()
+
+
+def _filter_deleted(state: ORMExecuteState) -> None:
+    if not state.is_select or state.is_column_load:
+        return
+    if state.execution_options.get(INCLUDE_DELETED) or state.session.info.get(INCLUDE_DELETED):
+        return
+    statement = state.statement
+    if _CRITERIA in getattr(statement, "_with_options", ()):
+        return  # a lazy load that inherited the criteria from the query that loaded its parent
+    state.statement = statement.options(_CRITERIA)
+
+
+def install_soft_delete_filter() -> None:
+    """Install the listener on ``Session`` (idempotent; done when a soft-delete model is
+    defined)."""
+    if event.contains(Session, "do_orm_execute", _filter_deleted):
+        return
+    with _lock:
+        if not event.contains(Session, "do_orm_execute", _filter_deleted):
+            event.listen(Session, "do_orm_execute", _filter_deleted)

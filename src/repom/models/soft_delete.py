@@ -1,4 +1,5 @@
-"""Soft-delete filtering for every ORM ``SELECT``, and the helpers that flip the flag.
+"""The soft-delete helpers that flip the flag, and the filter for every ORM ``SELECT`` (the
+filter lives beside :class:`~repom.models.mixins.SoftDeleteMixin`, which installs it).
 
 One ``do_orm_execute`` listener on the ``Session`` class (so sessions from
 :mod:`repom.database`, ``AsyncSession`` and plain sessions alike) adds
@@ -11,16 +12,14 @@ filtered: attribute refreshes (reloading an object you hold), statements with
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import event, false
-from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+from sqlalchemy import false
 from sqlalchemy.sql import ColumnElement
 from sqlalchemy.sql.base import Executable
 
-from repom.models.mixins import SoftDeleteMixin
+from repom.models.mixins import INCLUDE_DELETED, SoftDeleteMixin, install_soft_delete_filter
 from repom.types import utcnow
 
 __all__ = [
@@ -34,40 +33,7 @@ __all__ = [
     "soft_delete_values",
 ]
 
-#: the execution option / ``session.info`` key that turns the filter off
-INCLUDE_DELETED = "include_deleted"
-
 E = TypeVar("E", bound=Executable)
-
-_CRITERIA = with_loader_criteria(
-    SoftDeleteMixin,
-    lambda cls: cls.is_deleted == false(),
-    include_aliases=True,
-    track_closure_variables=False,
-)
-
-_lock = threading.Lock()
-
-
-def _filter_deleted(state: ORMExecuteState) -> None:
-    if not state.is_select or state.is_column_load:
-        return
-    if state.execution_options.get(INCLUDE_DELETED) or state.session.info.get(INCLUDE_DELETED):
-        return
-    statement = state.statement
-    if _CRITERIA in getattr(statement, "_with_options", ()):
-        return  # a lazy load that inherited the criteria from the query that loaded its parent
-    state.statement = statement.options(_CRITERIA)
-
-
-def install_soft_delete_filter() -> None:
-    """Install the listener on ``Session`` (idempotent; done when a soft-delete model is
-    defined)."""
-    if event.contains(Session, "do_orm_execute", _filter_deleted):
-        return
-    with _lock:
-        if not event.contains(Session, "do_orm_execute", _filter_deleted):
-            event.listen(Session, "do_orm_execute", _filter_deleted)
 
 
 def include_deleted(statement: E) -> E:

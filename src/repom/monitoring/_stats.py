@@ -21,8 +21,8 @@ __all__ = [
     "Histogram",
     "callback_failure_counts",
     "count_callback_failure",
+    "count_retry",
     "retry_counts",
-    "watch_retries",
 ]
 
 #: pending observations a recorder folds itself (bounds the memory between two reads)
@@ -167,23 +167,15 @@ _retry_lock = threading.Lock()
 _retries: dict[str, int] = {}
 
 
-def _count_retry(attempt: int, error: BaseException) -> None:
+def count_retry(error: BaseException) -> None:
+    """Count one whole-transaction retry (called by :mod:`repom.retry`), by error type."""
     key = type(error).__name__
     with _retry_lock:
         _retries[key] = _retries.get(key, 0) + 1
 
 
-def watch_retries() -> None:
-    """Count whole-transaction retries (``repom.retry.retry_listeners``), once per process."""
-    from repom.retry import retry_listeners
-
-    with _retry_lock:
-        if _count_retry not in retry_listeners:
-            retry_listeners.append(_count_retry)
-
-
 def retry_counts() -> dict[str, int]:
-    """Retries since the process started (since monitoring was first installed), by error."""
+    """Whole-transaction retries since the process started, by error."""
     with _retry_lock:
         return dict(_retries)
 

@@ -164,11 +164,10 @@ _internal_files: dict[str, bool] = {}
 def _internal_prefixes() -> tuple[str, ...]:
     import sqlalchemy
 
-    import repom
-
+    repom_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../repom
     prefixes = [
         os.path.dirname(sqlalchemy.__file__) + os.sep,
-        os.path.dirname(repom.__file__) + os.sep,
+        repom_dir + os.sep,
         os.path.dirname(os.__file__) + os.sep,  # the standard library (asyncio, threading, ...)
     ]
     greenlet = sys.modules.get("greenlet")

@@ -12,14 +12,13 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, Union, cast, overload
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool, QueuePool, SingletonThreadPool, StaticPool
 
 from repom.engine import pool_class_name
 from repom.exceptions import RepomError
-from repom.monitoring._stats import watch_retries
 from repom.monitoring._tracker import (
     COUNTERS,
     MonitorOptions,
@@ -37,15 +36,45 @@ from repom.monitoring._tracker import (
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from repom.database import AsyncDatabase, Database, DatabaseManager
 
-    MonitorTarget = Engine | AsyncEngine | Database | AsyncDatabase | DatabaseManager
+class DatabaseLike(Protocol):
+    """What monitoring needs of a repom ``Database``/``AsyncDatabase`` (the databases layer sits
+    above monitoring, so it is described here rather than imported)."""
+
+    @property
+    def engine(self) -> Any: ...
+
+    @property
+    def bound_connection(self) -> Any: ...
+
+
+class ManagerLike(Protocol):
+    """What monitoring needs of the seeds' ``DatabaseManager``."""
+
+    @property
+    def database(self) -> DatabaseLike: ...
+
+
+MonitorTarget = Union[Engine, "AsyncEngine", DatabaseLike, ManagerLike]
+
+
+def database_of(target: Any) -> DatabaseLike | None:
+    """The repom database behind *target*: the target itself, or a ``DatabaseManager``'s."""
+    if hasattr(target, "bound_connection") and hasattr(target, "engine"):
+        return cast(DatabaseLike, target)
+    if hasattr(type(target), "database"):  # DatabaseManager (a property builds it on first use)
+        inner = target.database
+        if hasattr(inner, "bound_connection") and hasattr(inner, "engine"):
+            return cast(DatabaseLike, inner)
+    return None
+
 
 __all__ = [
     "ConnectionPoolMonitor",
     "PoolHealth",
     "PoolMonitor",
     "UnsupportedMonitorTarget",
+    "database_of",
     "sync_engine_of",
 ]
 
@@ -64,12 +93,9 @@ def sync_engine_of(target: Any) -> Engine:
     sync = getattr(target, "sync_engine", None)  # AsyncEngine
     if isinstance(sync, Engine):
         return sync
-    from repom.database import DatabaseManager, _DatabaseBase
-
-    if isinstance(target, DatabaseManager):
-        target = target.database
-    if isinstance(target, _DatabaseBase):
-        return sync_engine_of(target.engine)
+    database = database_of(target)
+    if database is not None:
+        return sync_engine_of(database.engine)
     raise UnsupportedMonitorTarget(
         f"cannot monitor a {type(target).__name__}: expected an Engine, AsyncEngine, Database, "
         "AsyncDatabase or DatabaseManager"
@@ -374,7 +400,6 @@ class PoolMonitor:
         tracker = tracker_for(self.engine, create=True, name=name)
         assert tracker is not None
         tracker.configure(options, installed=True)
-        watch_retries()
         return self
 
     def uninstall(self) -> None:

@@ -43,7 +43,6 @@ from repom.monitoring._stats import (
     Histogram,
     callback_failure_counts,
     retry_counts,
-    watch_retries,
 )
 from repom.monitoring._tracker import Tracker, installed_trackers
 from repom.monitoring.pool import PoolMonitor
@@ -99,8 +98,6 @@ class RepomCollector(Collector):
         self._monitors = list(monitors) if monitors is not None else None
         self.namespace = namespace
         self.retries = retries
-        if retries:
-            watch_retries()
 
     def _trackers(self) -> list[Tracker]:
         if self._monitors is None:

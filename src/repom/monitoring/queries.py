@@ -26,7 +26,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from repom.monitoring.pool import UnsupportedMonitorTarget
+from repom.monitoring.pool import UnsupportedMonitorTarget, database_of
 
 __all__ = ["QueryCounter", "assert_max_queries"]
 
@@ -53,13 +53,12 @@ def _resolve(target: Any) -> tuple[str, Any]:
         inner = getattr(target, attr, None)
         if isinstance(inner, cls):
             return kind, inner
-    from repom.database import _DatabaseBase
-
-    if isinstance(target, _DatabaseBase):
-        bound = target.bound_connection
+    database = database_of(target)
+    if database is not None:
+        bound = database.bound_connection
         if bound is not None:
             return _resolve(bound)
-        return _resolve(target.engine)
+        return _resolve(database.engine)
     raise UnsupportedMonitorTarget(
         f"QueryCounter cannot count statements of a {type(target).__name__}: expected a Session, "
         "AsyncSession, Connection, AsyncConnection, Engine, AsyncEngine, Database or AsyncDatabase"

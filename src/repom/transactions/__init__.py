@@ -3,8 +3,8 @@
 See :func:`transaction` for the options and ``docs/transactions.md`` for the semantics.
 """
 
+from repom.exceptions import InvalidTransactionOption
 from repom.transactions.core import (
-    InvalidTransactionOption,
     IsolationLevel,
     Propagation,
     Transaction,

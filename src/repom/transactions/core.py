@@ -27,21 +27,28 @@ from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm.session import SessionTransactionState
 
+from repom._database import get_async_database, get_database
 from repom.exceptions import (
     AfterCommitError,
     IllegalTransactionStateError,
+    InvalidTransactionOption,
     RollbackOnlyError,
     TransactionError,
     TransactionRequiredError,
     translate,
 )
 from repom.monitoring._stats import count_callback_failure
+from repom.retry import (
+    RetryPolicy,
+    register_transaction_probe,
+    run_async_with_retry,
+    run_with_retry,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from repom.database import AsyncDatabase, Database
-    from repom.retry import RetryPolicy
+    from repom._database import AsyncDatabase, Database
 
 __all__ = [
     "IsolationLevel",
@@ -93,14 +100,6 @@ class IsolationLevel(enum.Enum):
         raise InvalidTransactionOption(
             f"invalid isolation level {value!r}; allowed: {allowed}", option="isolation"
         )
-
-
-class InvalidTransactionOption(TransactionError, ValueError):
-    """An option of ``transaction()`` has a value that is not allowed."""
-
-    def __init__(self, message: str, *, option: str) -> None:
-        super().__init__(message)
-        self.option = option
 
 
 # --------------------------------------------------------------------------- state
@@ -747,13 +746,7 @@ def _target_database(
 ) -> Database | AsyncDatabase:
     """The database a scope runs on: the one given, else the module default of the flavour."""
     if db is None:
-        if is_async:
-            from repom.database import get_async_database
-
-            return get_async_database()
-        from repom.database import get_database
-
-        return get_database()
+        return get_async_database() if is_async else get_database()
     if db.is_async != is_async:
         kind = "async with" if is_async else "with"
         raise TransactionError(
@@ -963,8 +956,6 @@ class Transaction:
                 if policy is None or policy.max_retries <= 0:
                     return await attempt()
                 _refuse_joined_retry(call_options, True)
-                from repom.retry import run_async_with_retry
-
                 return await run_async_with_retry(attempt, policy)
 
             return cast(F, async_wrapper)
@@ -981,8 +972,6 @@ class Transaction:
             if policy is None or policy.max_retries <= 0:
                 return attempt()
             _refuse_joined_retry(call_options, False)
-            from repom.retry import run_with_retry
-
             return run_with_retry(attempt, policy)
 
         return cast(F, sync_wrapper)
@@ -1106,8 +1095,6 @@ def _build_options(
         )
     policy = None
     if retries is not None:
-        from repom.retry import RetryPolicy
-
         if isinstance(retries, RetryPolicy):
             policy = retries
         elif isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0:
@@ -1264,3 +1251,6 @@ def request_transaction(
             stands_for_default=True,
         )
     )
+
+
+register_transaction_probe(in_transaction)

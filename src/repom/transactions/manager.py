@@ -15,8 +15,10 @@ Seed 000's ``DatabaseManager``-based construction also works: ``TransactionManag
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from repom._database import AsyncDatabase, Database
+from repom.exceptions import InvalidTransactionOption
 from repom.transactions.core import (
     IsolationLevel,
     Propagation,
@@ -29,7 +31,13 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.orm import Session
 
-    from repom.database import AsyncDatabase, Database, DatabaseManager
+
+class HasDatabase(Protocol):
+    """The seeds' ``DatabaseManager`` (:mod:`repom.database`, a layer above): it holds one."""
+
+    @property
+    def database(self) -> AsyncDatabase: ...
+
 
 __all__ = ["SessionManager", "TransactionManager"]
 
@@ -37,12 +45,11 @@ __all__ = ["SessionManager", "TransactionManager"]
 def _database(source: Any) -> Database | AsyncDatabase | None:
     if source is None or is_session(source):
         return None
-    from repom.database import AsyncDatabase, Database, DatabaseManager
-
     if isinstance(source, (Database, AsyncDatabase)):
         return source
-    if isinstance(source, DatabaseManager):
-        return source.database
+    inner = getattr(source, "database", None) if hasattr(type(source), "database") else None
+    if isinstance(inner, (Database, AsyncDatabase)):
+        return inner
     raise TypeError(
         "expected a Database, AsyncDatabase, DatabaseManager or a Session/AsyncSession, got "
         f"{type(source).__name__}"
@@ -59,7 +66,7 @@ class TransactionManager:
 
     def __init__(
         self,
-        database: Database | AsyncDatabase | DatabaseManager | Session | AsyncSession | None = None,
+        database: Database | AsyncDatabase | HasDatabase | Session | AsyncSession | None = None,
     ) -> None:
         self.session: Session | AsyncSession | None = database if is_session(database) else None
         self.database = _database(database)
@@ -100,8 +107,6 @@ class TransactionManager:
         (scoped to the transaction, never left on the pooled connection).  ``batch_size`` is
         accepted for seed compatibility; chunking is the repository's ``bulk_create`` job."""
         if batch_size <= 0:
-            from repom.transactions.core import InvalidTransactionOption
-
             raise InvalidTransactionOption("batch_size must be positive", option="batch_size")
         return transaction(
             database=self.database,
@@ -116,9 +121,7 @@ class SessionManager(TransactionManager):
     ``batch_session(batch_size=...)``.  The isolation level is validated against
     :class:`IsolationLevel`; it is never pasted into SQL."""
 
-    def __init__(
-        self, db_manager: Database | AsyncDatabase | DatabaseManager | None = None
-    ) -> None:
+    def __init__(self, db_manager: Database | AsyncDatabase | HasDatabase | None = None) -> None:
         super().__init__(db_manager)
         self.db_manager = db_manager
 

@@ -219,16 +219,16 @@ class JSONCodec(Codec):
 
 def codec_for(type_: TypeEngine[Any] | type[TypeEngine[Any]], *, owner: str) -> Codec:
     """The codec for values of *type_*; :class:`ConfigurationError` for unsupported types."""
-    from repom.types._json import ArrayType, JSONBType  # _json imports this module
-
     instance = type_() if isinstance(type_, type) else type_
     if isinstance(instance, (UUIDType, sqltypes.Uuid)):
         return UUIDCodec()
     if isinstance(instance, UTCDateTime):
         return DateTimeCodec(aware=True)
-    if isinstance(instance, (JSONBType, sqltypes.JSON)):
+    # repom's JSONBType and ArrayType (defined on top of this module) say what they hold
+    held = getattr(instance, "repom_codec_kind", None)
+    if held == "json" or isinstance(instance, sqltypes.JSON):
         return JSONCodec()
-    if isinstance(instance, ArrayType):
+    if held == "array":
         raise ConfigurationError(f"{owner}: ArrayType is not supported here")
     if isinstance(instance, sqltypes.Enum):
         raise ConfigurationError(f"{owner}: Enum is not supported; use String")

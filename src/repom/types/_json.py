@@ -32,6 +32,7 @@ class JSONBType(RepomType, TypeDecorator[Any]):
 
     impl = JSON(none_as_null=True)
     cache_ok = True
+    repom_codec_kind = "json"  # what repom.types._codec.codec_for needs to know
 
     def __init__(self, *, mutable: bool = True) -> None:
         super().__init__()
@@ -75,6 +76,7 @@ class ArrayType(RepomType, TypeDecorator[list[Any]]):
 
     impl = JSON(none_as_null=True)
     cache_ok = True
+    repom_codec_kind = "array"
 
     def __init__(
         self, item_type: TypeEngine[Any] | type[TypeEngine[Any]], *, mutable: bool = True
