@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from examples.bank_blog.api import bank, blog, users
 from examples.bank_blog.services import InsufficientFunds
 from repom.config import RepomConfig, set_config
-from repom.fastapi import health_router, install_exception_handlers, lifespan
+from repom.fastapi import create_health_router, install_exception_handlers, lifespan
 
 #: where the demo keeps its SQLite database when no DATABASE_URL is set
 DEFAULT_URL = "sqlite:///.demo/bank_blog.sqlite3"
@@ -57,7 +57,9 @@ def create_app() -> FastAPI:
     )
     install_exception_handlers(app)
     app.add_exception_handler(InsufficientFunds, insufficient_funds)
-    app.include_router(health_router)
+    # /health/live, /health/ready (and /health); the demo shows its pool figures, which a
+    # production service keeps behind its own access control (details=False, the default)
+    app.include_router(create_health_router(details=True))
     app.include_router(users)
     app.include_router(bank)
     app.include_router(blog)

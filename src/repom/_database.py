@@ -16,6 +16,7 @@ back inside the test's outer transaction (see :mod:`repom.testing`).
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from sqlalchemy import Connection, Engine, MetaData, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from repom.config import RepomConfig, get_config, on_config_change
 from repom.engine import build_async_engine, build_engine
@@ -60,10 +62,13 @@ class _DatabaseBase(Generic[E, C]):
         *,
         config: RepomConfig | None = None,
         engine: E | None = None,
+        name: str | None = None,
         **engine_options: Any,
     ) -> None:
         self._config = config
         self._url = url
+        self._name = name
+        self._probe: E | None = None
         self._engine: E | None = engine
         self._owns_engine = engine is None
         self._engine_options = engine_options
@@ -95,6 +100,35 @@ class _DatabaseBase(Generic[E, C]):
 
     def _sync_engine(self) -> Engine:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        """A label for reports (health, logs): the ``name=`` given, else the URL's database
+        (the file name for SQLite)."""
+        if self._name:
+            return self._name
+        url = self.url
+        database = url.database or ""
+        if url.get_backend_name() == "sqlite":
+            return os.path.basename(database) or "memory"
+        return database or "default"
+
+    @property
+    def role(self) -> str:
+        """``"primary"``: the database writes go to."""
+        return "primary"
+
+    @property
+    def host(self) -> str:
+        """The server's host name (``"local"`` for SQLite); never credentials."""
+        return self.url.host or "local"
+
+    def _probe_options(self) -> dict[str, Any]:
+        """Engine options for a pool-less probe: the database's own, minus pool sizing."""
+        skip = {"pool_size", "max_overflow", "pool_timeout", "pool_use_lifo", "poolclass"}
+        options = {k: v for k, v in self._engine_options.items() if k not in skip}
+        options["poolclass"] = NullPool
+        return options
 
     @property
     def dialect_name(self) -> str:
@@ -165,18 +199,32 @@ class Database(_DatabaseBase[Engine, Connection]):
         session.info["repom_database"] = self
         return session
 
-    def ping(self) -> float:
-        """Run ``SELECT 1``; return the round trip in seconds, raise a typed error on failure."""
+    def ping(self, *, bypass_pool: bool = False) -> float:
+        """Run ``SELECT 1``; return the round trip in seconds, raise a typed error on failure.
+
+        ``bypass_pool=True`` (readiness probes) opens a connection of its own instead of waiting
+        for one of the pool's: a busy pool is not an unavailable database (SQLite and test-bound
+        databases always use their usual connection)."""
         start = time.perf_counter()
         try:
             if self._bound is not None:
                 self._bound.execute(text("SELECT 1"))
             else:
-                with self.engine.connect() as conn:
+                engine = self.engine
+                if bypass_pool and engine.dialect.name != "sqlite":
+                    engine = self._probe_engine()
+                with engine.connect() as conn:
                     conn.execute(text("SELECT 1"))
         except Exception as exc:
             raise translate(exc) from exc
         return time.perf_counter() - start
+
+    def _probe_engine(self) -> Engine:
+        probe = self._probe
+        if probe is None:
+            url = self._url if self._owns_engine else self.engine.url
+            probe = self._probe = build_engine(url, config=self.config, **self._probe_options())
+        return probe
 
     def create_all(self, metadata: MetaData) -> None:
         with self.engine.begin() as conn:
@@ -202,6 +250,9 @@ class Database(_DatabaseBase[Engine, Connection]):
         if engine is None:
             return
         engine.dispose()
+        if self._probe is not None:
+            self._probe.dispose()
+            self._probe = None
         if self._owns_engine:
             self._engine = None
             self.__dict__.pop("_factory", None)
@@ -247,17 +298,29 @@ class AsyncDatabase(_DatabaseBase["AsyncEngine", "AsyncConnection"]):
         session.sync_session.info["repom_database"] = self
         return session
 
-    async def ping(self) -> float:
+    async def ping(self, *, bypass_pool: bool = False) -> float:
         start = time.perf_counter()
         try:
             if self._bound is not None:
                 await self._bound.execute(text("SELECT 1"))
             else:
-                async with self.engine.connect() as conn:
+                engine = self.engine
+                if bypass_pool and engine.dialect.name != "sqlite":
+                    engine = self._probe_engine()
+                async with engine.connect() as conn:
                     await conn.execute(text("SELECT 1"))
         except Exception as exc:
             raise translate(exc) from exc
         return time.perf_counter() - start
+
+    def _probe_engine(self) -> AsyncEngine:
+        probe = self._probe
+        if probe is None:
+            url = self._url if self._owns_engine else self.engine.url
+            probe = self._probe = build_async_engine(
+                url, config=self.config, **self._probe_options()
+            )
+        return probe
 
     async def create_all(self, metadata: MetaData) -> None:
         async with self.engine.begin() as conn:
@@ -281,6 +344,9 @@ class AsyncDatabase(_DatabaseBase["AsyncEngine", "AsyncConnection"]):
         if engine is None:
             return
         await engine.dispose()
+        if self._probe is not None:
+            await self._probe.dispose()
+            self._probe = None
         if self._owns_engine:
             self._engine = None
             self.__dict__.pop("_factory", None)

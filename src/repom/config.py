@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import threading
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from repom.exceptions import ConfigurationError
@@ -28,6 +29,7 @@ __all__ = [
     "Environment",
     "RepomConfig",
     "get_config",
+    "milliseconds",
     "on_config_change",
     "reset_config",
     "set_config",
@@ -36,6 +38,32 @@ __all__ = [
 Environment = Literal["dev", "test", "production"]
 
 _ENV_ALIASES = {"development": "dev", "prod": "production", "testing": "test"}
+
+# PostgreSQL's statement_timeout and SQLite's busy_timeout are 32-bit counts of milliseconds
+_MAX_MS = 2**31 - 1
+_MAX_SECONDS = _MAX_MS / 1000
+
+
+def milliseconds(seconds: float, *, name: str = "timeout") -> int:
+    """*seconds* as whole milliseconds, rounded **up**: a positive duration never becomes 0
+    (which PostgreSQL's ``statement_timeout`` reads as "no timeout").  ``0`` stays ``0``.
+
+    A value that is not a finite number from 0 to 2**31-1 ms raises :class:`ConfigurationError`
+    naming *name* (a value set around validation, e.g. by ``model_copy(update=...)``).
+    """
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or not 0 <= seconds <= _MAX_SECONDS
+    ):
+        raise ConfigurationError(
+            f"{name} must be a finite number of seconds from 0 to {_MAX_SECONDS}, got {seconds!r}",
+            variable=name,
+        )
+    # round to the nanosecond first: 0.07 * 1000 is 70.00000000000001, which is 70 ms, not 71
+    ms = math.ceil(round(seconds * 1000, 6))
+    return max(ms, 1) if seconds > 0 else 0
 
 
 class RepomConfig(BaseSettings):
@@ -48,6 +76,8 @@ class RepomConfig(BaseSettings):
         extra="ignore",
         validate_default=True,
         populate_by_name=True,
+        # never echo an input (a URL with its password) in a ValidationError's text
+        hide_input_in_errors=True,
     )
 
     database_url: str | None = Field(
@@ -64,7 +94,7 @@ class RepomConfig(BaseSettings):
     environment: Environment = Field(default="dev")
     pool_size: int = Field(default=10, ge=0)
     max_overflow: int = Field(default=20, ge=-1)
-    pool_timeout: float = Field(default=30.0, gt=0)
+    pool_timeout: float = Field(default=30.0, gt=0, allow_inf_nan=False)
     pool_recycle: int = Field(default=3600, ge=-1)
     pool_pre_ping: bool = True
     pool_class: Literal["queue", "null", "static"] | None = Field(
@@ -74,16 +104,51 @@ class RepomConfig(BaseSettings):
     )
     echo: bool = False
     statement_timeout: float | None = Field(
-        default=None, ge=0, description="PostgreSQL statement_timeout in seconds (per connection)."
+        default=None,
+        gt=0,
+        le=_MAX_SECONDS,
+        allow_inf_nan=False,
+        description="PostgreSQL statement_timeout in seconds (per connection); None: no timeout. "
+        "Rounded up to whole milliseconds.",
     )
     application_name: str = Field(default="repom", max_length=63)
-    sqlite_busy_timeout: float = Field(default=5.0, ge=0)
+    pooler: Literal["pgbouncer"] | None = Field(
+        default=None,
+        description="A connection pooler in transaction mode in front of PostgreSQL "
+        "(REPOM_POOLER=pgbouncer): no startup options, no server-side named prepared "
+        "statements, statement_timeout per transaction, migration locks per transaction.",
+    )
+    cursor_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret that signs keyset-pagination cursors; every process of a service "
+        "must share it (required when environment=production).",
+    )
+    sqlite_busy_timeout: float = Field(default=5.0, ge=0, le=_MAX_SECONDS, allow_inf_nan=False)
     sqlite_wal: bool = True
     max_page_size: int = Field(default=1000, ge=1, description="Cap on repository limits.")
     config_hook: str | None = Field(
         default=None,
         validation_alias=AliasChoices("REPOM_CONFIG_HOOK", "CONFIG_HOOK"),
     )
+
+    def __init__(self, **values: Any) -> None:
+        # pydantic's ValidationError never leaves the constructor: a typed error naming the
+        # setting, whose text holds no URL password, and with no chain (cause nor context)
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            error = _settings_error(exc)
+        else:
+            return
+        raise error
+
+    @field_validator("pooler", mode="before")
+    @classmethod
+    def _normalise_pooler(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            return None if lowered in ("", "none", "off") else lowered
+        return value
 
     @field_validator("environment", mode="before")
     @classmethod
@@ -171,7 +236,10 @@ def _settings_error(exc: ValidationError) -> ConfigurationError:
         msg = str(ctx_error)
     if key == "environment":
         msg += " (allowed: dev, test, production)"
-    return ConfigurationError(f"invalid configuration {variable or loc}: {msg}", variable=variable)
+    label = variable or loc
+    if variable and key != "database_url":
+        label = f"{key} ({variable})"
+    return ConfigurationError(f"invalid configuration {label}: {msg}", variable=variable)
 
 
 def build_config(**overrides: Any) -> RepomConfig:

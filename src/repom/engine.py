@@ -25,6 +25,9 @@ What every engine built here gets:
 from __future__ import annotations
 
 import logging
+import os
+import uuid
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine as sa_create_engine
@@ -33,7 +36,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.engine.interfaces import ExceptionContext
 
-from repom.config import RepomConfig, get_config
+from repom.config import RepomConfig, get_config, milliseconds
 from repom.exceptions import mark_commit_error, translate, translate_connect_error
 from repom.urls import backend_name, is_memory_sqlite, validate_url
 
@@ -125,6 +128,26 @@ def install_engine_events(engine: Engine, config: RepomConfig) -> None:
         _install_mysql(engine)
     _mark_commit_errors(engine, rollback_after_failure=backend == "sqlite")
     event.listen(engine, "handle_error", _translate_error, retval=True)
+    _engines_to_reset_after_fork.add(engine)
+
+
+# Fork safety (``gunicorn --preload``, multiprocessing with fork): a child process must never use
+# a connection its parent opened -- both would talk on one socket and read each other's replies.
+# In the child, every engine built here gets a fresh, empty pool; the inherited connections are
+# left alone (close=False), because closing them would end the parent's sessions.
+_engines_to_reset_after_fork: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _reset_pools_after_fork() -> None:
+    for engine in list(_engines_to_reset_after_fork):
+        try:
+            engine.dispose(close=False)
+        except Exception:  # pragma: no cover - never let a fork hook break the child
+            logger.debug("resetting a pool after fork failed", exc_info=True)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pools_after_fork)
 
 
 def _mark_commit_errors(engine: Engine, *, rollback_after_failure: bool) -> None:
@@ -180,14 +203,21 @@ def _translate_error(context: ExceptionContext) -> BaseException | None:
         return None
     error = context.sqlalchemy_exception
     if error is None:
-        return None
+        original = context.original_exception
+        if not isinstance(original, (UnicodeEncodeError, OverflowError)):
+            return None
+        # a driver that cannot send a parameter (a lone surrogate, an integer too large for
+        # SQLite) raises it unwrapped: give it the StatementError shape translate() maps to 422
+        error = sa_exc.StatementError(
+            str(original), context.statement, context.parameters, original
+        )
     new = translate(error)
     return new if new is not error else None
 
 
 def _install_sqlite(engine: Engine, config: RepomConfig) -> None:
     memory = is_memory_sqlite(engine.url)
-    busy_ms = int(config.sqlite_busy_timeout * 1000)
+    busy_ms = milliseconds(config.sqlite_busy_timeout, name="sqlite_busy_timeout")
     wal = config.sqlite_wal and not memory
 
     @event.listens_for(engine, "connect")
@@ -231,7 +261,9 @@ def _install_sqlite(engine: Engine, config: RepomConfig) -> None:
 def _pg_options(config: RepomConfig) -> dict[str, str]:
     settings = {"TimeZone": "UTC"}
     if config.statement_timeout is not None:
-        settings["statement_timeout"] = str(int(config.statement_timeout * 1000))
+        # rounded up: 0.0004 s is 1 ms, never 0 (PostgreSQL's "no timeout")
+        ms = milliseconds(config.statement_timeout, name="statement_timeout")
+        settings["statement_timeout"] = str(ms)
     return settings
 
 
@@ -239,6 +271,9 @@ def _install_postgresql(engine: Engine, config: RepomConfig, driver: str) -> Non
     settings = _pg_options(config)
     app_name = config.application_name
     _translate_connect_errors(engine)
+    if config.pooler is not None:
+        _install_pooler(engine, settings, app_name, driver)
+        return
 
     @event.listens_for(engine, "do_connect")
     def _pg_connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
@@ -253,6 +288,63 @@ def _install_postgresql(engine: Engine, config: RepomConfig, driver: str) -> Non
             existing = cparams.get("options")
             cparams["options"] = f"{existing} {opts}" if existing else opts
             cparams.setdefault("application_name", app_name)
+
+
+def _install_pooler(engine: Engine, settings: dict[str, str], app_name: str, driver: str) -> None:
+    """PostgreSQL behind a transaction-mode pooler (PgBouncer).
+
+    * Only startup parameters the pooler accepts: ``application_name`` (and, for asyncpg,
+      ``TimeZone``).  psycopg cannot send ``TimeZone`` without libpq's ``options`` (refused), so
+      it is set once per client connection with ``SET``: PgBouncer tracks ``TimeZone`` per client
+      (a reported parameter) and restores it on whichever server connection serves the client.
+    * ``statement_timeout`` is not tracked by the pooler: it is set per transaction
+      (``SET LOCAL`` at BEGIN), so it holds in every transaction and never leaks to another
+      client through a shared server connection.
+    * No server-side named prepared statements: psycopg ``prepare_threshold=None``; asyncpg with
+      its statement cache off and a unique name per statement (SQLAlchemy's adapter prepares and
+      runs each statement inside the same transaction, hence on the same server connection).
+    """
+    timeout = settings.get("statement_timeout")
+
+    @event.listens_for(engine, "do_connect")
+    def _pooled_connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        if driver == "asyncpg":
+            server_settings = dict(cparams.get("server_settings") or {})
+            server_settings.setdefault("TimeZone", settings["TimeZone"])
+            server_settings.setdefault("application_name", app_name)
+            cparams["server_settings"] = server_settings
+            cparams.setdefault("statement_cache_size", 0)
+            cparams.setdefault("prepared_statement_cache_size", 0)
+            cparams.setdefault("prepared_statement_name_func", _unique_statement_name)
+        else:
+            cparams.setdefault("application_name", app_name)
+            cparams.setdefault("prepare_threshold", None)
+
+    if driver != "asyncpg":
+
+        @event.listens_for(engine, "connect")
+        def _pooled_session(dbapi_connection: Any, connection_record: Any) -> None:
+            autocommit = dbapi_connection.autocommit
+            dbapi_connection.autocommit = True
+            try:
+                cursor = dbapi_connection.cursor()
+                try:
+                    cursor.execute("SET TimeZone = 'UTC'")
+                finally:
+                    cursor.close()
+            finally:
+                dbapi_connection.autocommit = autocommit
+
+    if timeout is not None:
+        set_timeout = f"SET LOCAL statement_timeout = {int(timeout):d}"
+
+        @event.listens_for(engine, "begin")
+        def _pooled_begin(connection: Any) -> None:
+            connection.exec_driver_sql(set_timeout)
+
+
+def _unique_statement_name() -> str:
+    return f"__repom_{uuid.uuid4().hex}__"
 
 
 def _install_mysql(engine: Engine) -> None:

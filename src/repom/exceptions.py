@@ -42,6 +42,7 @@ __all__ = [
     "DatabaseError",
     "DatabaseUnavailable",
     "DeadlockDetected",
+    "DeletedRowConflict",
     "DuplicateKeyError",
     "ForeignKeyViolationError",
     "IdleInTransactionTimeout",
@@ -50,6 +51,7 @@ __all__ = [
     "InvalidCursorError",
     "InvalidFilterError",
     "InvalidTransactionOption",
+    "IsolationViolation",
     "LockNotAvailable",
     "NotFoundError",
     "NotNullViolationError",
@@ -156,6 +158,12 @@ class IllegalTransactionStateError(TransactionError):
     transaction, a different isolation level, read-write inside read-only, retry when joined)."""
 
 
+class IsolationViolation(IllegalTransactionStateError):
+    """Test isolation (``repom.testing``): the code under test tried to end or replace the test's
+    outer transaction -- a raw ``COMMIT``/``ROLLBACK``/``BEGIN`` statement, or committing the
+    outer transaction itself -- which would let its writes escape into the next test."""
+
+
 class DataValidationError(RepomError, ValueError):
     """A value cannot be stored by a repom column type (bad UUID, NUL byte, naive datetime, ...)."""
 
@@ -233,6 +241,14 @@ class IntegrityViolation(DatabaseError, sa_exc.IntegrityError):
 
 class DuplicateKeyError(IntegrityViolation):
     """A unique or primary-key constraint was violated."""
+
+
+class DeletedRowConflict(DuplicateKeyError):
+    """A unique value collided with a *soft-deleted* row, which reads do not show.
+
+    Raised by the repositories' ``create()``: restore that row (``restore()``) or declare the
+    column unique among live rows (:func:`repom.models.unique_live`).
+    """
 
 
 class ForeignKeyViolationError(IntegrityViolation):
@@ -547,6 +563,21 @@ def _as_commit_outcome_unknown(error: DatabaseError) -> CommitOutcomeUnknown:
     return new
 
 
+def _unsendable_value(orig: BaseException) -> DataValidationError:
+    """A parameter the driver could not even encode (a lone surrogate, an integer too large for
+    the driver): bad input, not a server fault.  The message never repeats the value."""
+    if isinstance(orig, UnicodeEncodeError):
+        text = (
+            f"a text value cannot be sent to the database: {orig.reason} "
+            f"(character at position {orig.start})"
+        )
+    else:
+        text = "a number is too large for the database column type"
+    new = DataValidationError(text)
+    new.__cause__ = orig
+    return new
+
+
 def translate(error: BaseException, *, during_commit: bool = False) -> BaseException:
     """Map *error* onto repom's typed hierarchy; return it unchanged when no mapping applies.
 
@@ -573,6 +604,12 @@ def translate(error: BaseException, *, during_commit: bool = False) -> BaseExcep
         and isinstance(error.orig, RepomError)
     ):
         return error.orig  # repom's own validation (a column type refusing a value), unwrapped
+    if (
+        isinstance(error, sa_exc.StatementError)
+        and not isinstance(error, sa_exc.DBAPIError)
+        and isinstance(error.orig, UnicodeEncodeError | OverflowError)
+    ):
+        return _unsendable_value(error.orig)
     if isinstance(error, sa_exc.DBAPIError):
         commit = during_commit or bool(getattr(error.orig, _COMMIT_MARK, False))
         found = _classify(error)
@@ -700,12 +737,14 @@ def _connect_class(sqlstate: str) -> type[DatabaseError]:
 def _startup_parameter_error(parameter: str | None, text: str) -> ConfigurationError:
     name = parameter or "<the parameter named above>"
     return ConfigurationError(
-        f"the connection pooler rejected a startup parameter ({text}). repom sends its "
-        "connect-time settings (TimeZone, statement_timeout, application_name) in the startup "
-        "packet -- as the libpq 'options' parameter with psycopg, as server_settings with "
-        "asyncpg -- and PgBouncer refuses startup parameters it does not track. Add the "
-        f"parameter to PgBouncer's ignore_startup_parameters (ignore_startup_parameters = "
-        f"{name}) or connect to PostgreSQL directly."
+        f"the connection pooler rejected a startup parameter ({text}): this looks like "
+        "PgBouncer. Set REPOM_POOLER=pgbouncer (RepomConfig(pooler='pgbouncer')): repom then "
+        "sends only the parameters a pooler accepts, applies statement_timeout per transaction "
+        "and uses no named prepared statements. (Without it, repom sends TimeZone and "
+        "statement_timeout in the startup packet -- libpq 'options' with psycopg, "
+        "server_settings with asyncpg; adding them to PgBouncer's ignore_startup_parameters "
+        f"({name}) silently drops them.)",
+        variable="REPOM_POOLER",
     )
 
 

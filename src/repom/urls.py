@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -14,6 +16,7 @@ __all__ = [
     "is_async_url",
     "is_memory_sqlite",
     "mask_url",
+    "url_secrets",
     "validate_url",
 ]
 
@@ -101,21 +104,38 @@ def is_async_url(url: str) -> bool:
 
 
 def validate_url(url: str) -> URL:
-    """Parse *url*; raise :class:`ConfigurationError` (a ``ValueError``) naming the problem."""
+    """Parse *url*; raise :class:`ConfigurationError` (a ``ValueError``) naming the problem.
+
+    The message shows the URL masked, and the parser's own error is not chained (``from None``):
+    it may quote the raw URL, password included.
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(
+            f"database URL must be a string, got {type(url).__name__}", variable="DATABASE_URL"
+        )
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
+        reason = _safe_reason(exc, url)
         raise ConfigurationError(
-            f"malformed database URL {mask_url(url)!r}", variable="DATABASE_URL"
-        ) from exc
+            f"malformed database URL {mask_url(url)!r}{reason}", variable="DATABASE_URL"
+        ) from None
     try:
         parsed.get_dialect()
-    except Exception as exc:
+    except Exception:
         raise ConfigurationError(
             f"unknown database dialect/driver {parsed.drivername!r} in URL {mask_url(url)!r}",
             variable="DATABASE_URL",
-        ) from exc
+        ) from None
     return parsed
+
+
+def _safe_reason(exc: BaseException, url: str) -> str:
+    """``" (reason)"`` from a parser error, or ``""`` when the reason could hold a secret."""
+    reason = " ".join(str(exc).split())
+    if not reason or any(secret in reason for secret in url_secrets(url)):
+        return ""
+    return f" ({reason})"
 
 
 def backend_name(url: str | URL) -> str:
@@ -134,16 +154,68 @@ def is_memory_sqlite(url: str | URL) -> bool:
     )
 
 
-def mask_url(url: str | URL) -> str:
-    """*url* with its password replaced by ``***`` (safe for logs and error messages)."""
-    try:
-        parsed = make_url(url) if isinstance(url, str) else url
-    except Exception:
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
+
+
+_LEAD = re.compile(r"[A-Za-z0-9+.\-]*[:/]*")
+
+
+def _split_credentials(text: str) -> tuple[str, str, str | None, str] | None:
+    """``(prefix, user, password, host_and_rest)`` read from the raw text; None without ``@``.
+
+    ``prefix`` is ``scheme://``.  The user info ends at the *last* ``@``: a password with an
+    unescaped ``@`` (which SQLAlchemy's parser would cut short, taking the rest for the host) is
+    still all hidden.  Text that is not ``scheme://...`` (a typo such as ``postgresql//``) keeps
+    only its leading scheme-like part; all the user info counts as secret.
+    """
+    if "@" not in text:
+        return None
+    head, _, tail = text.rpartition("@")
+    scheme, sep, creds = head.partition("://")
+    if sep:
+        user, colon, password = creds.partition(":")
+        return f"{scheme}://", user, (password if colon else None), tail
+    prefix = _LEAD.match(head)
+    start = prefix.end() if prefix else 0
+    rest = head[start:]
+    return head[:start], "", (rest or None), tail
+
+
+def url_secrets(url: str | URL) -> tuple[str, ...]:
+    """Every string in *url* that may be a password (user info and ``password=`` parameters)."""
+    found: list[str] = []
+    if isinstance(url, URL):
+        if url.password:
+            found.append(str(url.password))
+        text = url.render_as_string(hide_password=False)
+    else:
         text = str(url)
-        scheme, sep, rest = text.partition("://")
-        if sep and "@" in rest:
-            creds, _, host = rest.rpartition("@")
-            user = creds.split(":", 1)[0]
-            return f"{scheme}://{user}:***@{host}"
-        return text
-    return parsed.render_as_string(hide_password=True)
+    split = _split_credentials(text)
+    if split is not None and split[2]:
+        found.append(split[2])
+        # an unescaped "@" makes SQLAlchemy split the password: a driver error then echoes the
+        # second part as the host name
+        found.extend(split[2].split("@"))
+    if not isinstance(url, URL):
+        try:
+            password = make_url(text).password
+        except Exception:
+            password = None
+        if password:
+            found.append(str(password))
+    found.extend(m.group(0).split("=", 1)[1] for m in _QUERY_PASSWORD.finditer(text))
+    return tuple(dict.fromkeys(s for s in found if s))
+
+
+def mask_url(url: str | URL) -> str:
+    """*url* with its password replaced by ``***`` (safe for logs and error messages).
+
+    Works on the text as written, so a URL SQLAlchemy cannot parse is masked too; a
+    ``password=`` query parameter is masked as well.
+    """
+    text = url.render_as_string(hide_password=True) if isinstance(url, URL) else str(url)
+    split = _split_credentials(text)
+    if split is not None and split[2] is not None:
+        prefix, user, _, tail = split
+        text = f"{prefix}{user}:***@{tail}" if user else f"{prefix}***@{tail}"
+    return _QUERY_PASSWORD.sub(r"\g<1>***", text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -86,25 +87,73 @@ def test_startup_fails_when_the_database_is_unreachable(tmp_path: Path) -> None:
         pass
 
 
-def test_health_reports_ping_and_pool(backend: Backend) -> None:
+def test_health_reports_ping_and_labels(backend: Backend) -> None:
     db = backend.async_database()
     sync_db = backend.database()
     app = FastAPI(lifespan=Lifespan(async_database=db, database=sync_db))
     app.include_router(health_router)
     with TestClient(app) as client:
-        response = client.get("/health")
-    assert response.status_code == 200
+        response = client.get("/health/ready")
+        compat = client.get("/health")
+        live = client.get("/health/live")
+    assert response.status_code == 200 and compat.status_code == 200
+
+    def labels(body: dict[str, Any]) -> list[tuple[str, bool]]:
+        return [(d["name"], d["ok"]) for d in body["databases"]]
+
+    assert labels(compat.json()) == labels(response.json())
+    assert live.status_code == 200 and live.json() == {"status": "alive"}
     report = response.json()
     assert report["status"] == "ok"
-    assert [(d["flavour"], d["dialect"], d["ok"]) for d in report["databases"]] == [
-        ("async", backend.name, True),
-        ("sync", backend.name, True),
+    assert [(d["flavour"], d["dialect"], d["ok"], d["role"]) for d in report["databases"]] == [
+        ("async", backend.name, True, "primary"),
+        ("sync", backend.name, True, "primary"),
     ]
+    # the same database twice: two distinct labels
+    names = [d["name"] for d in report["databases"]]
+    assert len(set(names)) == 2 and names[1] == names[0] + "#2"
     for entry in report["databases"]:
         assert entry["latency_ms"] >= 0 and entry["error"] is None
-        assert entry["pool"]["checked_out"] == 0
-        assert "pool_size" in entry["pool"]
-    assert "/health" in app.openapi()["paths"]
+        assert entry["pool"] is None  # pool figures are opt-in
+        assert entry["host"] == ("local" if backend.name == "sqlite" else "127.0.0.1")
+    assert {"/health", "/health/ready", "/health/live"} <= set(app.openapi()["paths"])
+
+
+def test_health_details_are_opt_in(backend: Backend) -> None:
+    db = backend.async_database(name="orders")
+    app = FastAPI(lifespan=Lifespan(async_database=db))
+    app.include_router(create_health_router(details=True))
+    with TestClient(app) as client:
+        [entry] = client.get("/health/ready").json()["databases"]
+    assert entry["name"] == "orders"
+    assert entry["pool"]["checked_out"] == 0 and "pool_size" in entry["pool"]
+
+
+def test_liveness_never_touches_the_database(tmp_path: Path) -> None:
+    app = FastAPI()
+    use_databases(app, database=Database(f"sqlite:///{tmp_path / 'missing' / 'x.sqlite3'}"))
+    app.include_router(health_router)
+    with TestClient(app) as client:
+        assert client.get("/health/live").status_code == 200
+        assert client.get("/health/ready").status_code == 503
+
+
+def test_readiness_does_not_wait_behind_a_full_pool(pg_backend: Backend) -> None:
+    """Every pooled connection is held by a request: the readiness probe still answers 200 at
+    once (its ping uses a connection of its own), where a pool checkout would time out."""
+    db = pg_backend.database(pool_size=1, max_overflow=0, pool_timeout=5)
+    app = FastAPI()
+    use_databases(app, database=db)
+    app.include_router(create_health_router(timeout=1))
+    with db.engine.connect() as held:  # the pool's only connection
+        held.execute(text("SELECT 1"))
+        with TestClient(app) as client:
+            started = time.perf_counter()
+            response = client.get("/health/ready")
+            took = time.perf_counter() - started
+    assert response.status_code == 200, response.text
+    assert took < 1.0
+    assert db.pool_status()["checked_out"] == 0
 
 
 def test_health_is_503_when_a_database_is_down(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ __all__ = [
     "describe_error",
     "err_console",
     "escape",
+    "mask_secrets",
     "print_error",
     "remember_url",
     "state",
@@ -43,19 +44,24 @@ def _mask_secrets(text: str) -> str:
     return text
 
 
+def mask_secrets(value: Any) -> Any:
+    """*value* (a string, or lists/dicts of them) without the remembered passwords."""
+    if isinstance(value, str):
+        return _mask_secrets(value)
+    if isinstance(value, dict):
+        return {key: mask_secrets(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [mask_secrets(item) for item in value]
+    return value
+
+
 def remember_url(url: str) -> None:
     """Note the database URL in use: error messages name it (masked) and never show its password."""
-    from sqlalchemy.engine import make_url
-
-    from repom.urls import mask_url
+    from repom.urls import mask_url, url_secrets
 
     state.target = mask_url(url)
-    try:
-        password = make_url(url).password
-    except Exception:
-        return
-    if password:
-        state.secrets = (*state.secrets, str(password))
+    # every candidate: a password with an unescaped "@" is cut short by SQLAlchemy's parser
+    state.secrets = (*state.secrets, *url_secrets(url))
 
 
 def describe_error(exc: BaseException) -> str:

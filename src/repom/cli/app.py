@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from repom.cli._output import console, escape, remember_url, state
+from repom.cli._output import console, escape, mask_secrets, remember_url, state
 from repom.cli.db import ConfigOption, MetadataOption, ModelsOption, UrlOption, db_app
 
 app = typer.Typer(
@@ -66,12 +66,20 @@ def info(
     if url is not None:
         validate_url(url)
         remember_url(url)
-    settings = find_project(config, url=url, models=models, metadata=metadata)
-    data = database_info(settings)
-    if as_json:
-        console.print_json(json.dumps(data.as_dict(), default=str))
     else:
-        _print_info(data.as_dict())
+        from repom.config import get_config
+
+        remember_url(get_config().url)
+    settings = find_project(config, url=url, models=models, metadata=metadata)
+    if url is None and settings.url:
+        remember_url(settings.url)
+    data = database_info(settings)
+    # a driver's error may echo part of a password (e.g. a host name after an unescaped "@")
+    shown = mask_secrets(data.as_dict())
+    if as_json:
+        console.print_json(json.dumps(shown, default=str))
+    else:
+        _print_info(shown)
     if data.connect_error is not None:
         raise typer.Exit(1)
 
@@ -94,6 +102,9 @@ def _print_info(data: dict[str, Any]) -> None:
         _line("server", f"unreachable: {data['connect_error']}", "red")
     else:
         _line("server", f"{data['backend']} {data['server_version'] or '?'}")
+        if data.get("connections_text"):
+            fits = (data.get("connections") or {}).get("fits")
+            _line("connections", data["connections_text"], "red" if fits is False else "")
     if data["models_error"]:
         _line("models", data["models_error"], "red")
     elif data["models"]:

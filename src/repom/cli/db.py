@@ -104,12 +104,25 @@ def init(
     config: Annotated[
         Path, typer.Option("--config", "-c", help="Configuration file to write.")
     ] = Path("alembic.ini"),
+    url_env: Annotated[
+        str,
+        typer.Option(
+            "--url-env",
+            help="Environment variable holding the URL of the database this project migrates "
+            "(recorded in the configuration file; e.g. AUDIT_DATABASE_URL for a second database).",
+        ),
+    ] = "DATABASE_URL",
 ) -> None:
     """Write alembic.ini and the migration folder (env.py, script.py.mako, versions/)."""
     from repom.migrations.commands import init_project
 
     written = init_project(
-        directory, config_file=config, models=models, metadata=metadata, use_async=use_async
+        directory,
+        config_file=config,
+        models=models,
+        metadata=metadata,
+        use_async=use_async,
+        url_env=url_env,
     )
     cwd = Path.cwd()
     for path in written:

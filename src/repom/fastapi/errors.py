@@ -53,6 +53,9 @@ _BUSY = "the service is temporarily unable to handle the request; retry later"
 MAPPINGS: dict[type[BaseException], ErrorMapping] = {
     exc.NotFoundError: ErrorMapping(404, "not_found"),
     exc.ConflictError: ErrorMapping(409, "conflict"),
+    exc.DeletedRowConflict: ErrorMapping(
+        409, "duplicate_key_deleted", "a deleted resource still holds the same unique value"
+    ),
     exc.DuplicateKeyError: ErrorMapping(
         409, "duplicate_key", "a resource with the same unique value already exists"
     ),

@@ -1,9 +1,19 @@
-"""A health router: database ping and pool status.
+"""Health endpoints for orchestrators: liveness, readiness, and (opt-in) pool details.
 
-``app.include_router(health_router)`` adds ``GET /health``; :func:`create_health_router` makes one
-with another path, tags or ping timeout.  The report covers every database the application uses
-(see :func:`repom.fastapi.databases_in_use`); the status is 200 when every ping succeeded and 503
-otherwise.  Error texts are the typed error's class name only (no URL, SQL or host names).
+``app.include_router(health_router)`` adds:
+
+* ``GET /health/live`` -- liveness: 200 while the process can answer HTTP.  It never touches a
+  database: a slow or busy database must not get a healthy process restarted.
+* ``GET /health/ready`` -- readiness: ``SELECT 1`` on every database the application uses, each
+  on a connection of its own (never waiting behind a full pool: a busy pool is not an unavailable
+  database) and within a short timeout; 200 when all answered, else 503.
+* ``GET /health`` -- the same report as ``/health/ready`` (kept for existing probes).
+
+Each database is labelled by name, role and host; error texts are the typed error's class name
+only (no URL, SQL or credentials).  Pool figures are included only with
+``create_health_router(details=True)`` (they describe the service's internals: keep them behind
+your own access control).  :func:`create_health_router` makes one with other paths, tags or
+timeout.
 """
 
 from __future__ import annotations
@@ -19,18 +29,29 @@ from repom.database import AsyncDatabase, get_async_database
 from repom.exceptions import translate
 from repom.fastapi._databases import AnyDatabase, databases_in_use
 
-__all__ = ["DatabaseHealth", "HealthReport", "create_health_router", "health_router"]
+__all__ = [
+    "DatabaseHealth",
+    "HealthReport",
+    "LivenessReport",
+    "create_health_router",
+    "health_router",
+]
 
 
 class DatabaseHealth(BaseModel):
-    """One database in the health report."""
+    """One database in the readiness report."""
 
+    name: str = Field(description="The database's name (Database(name=...), else its URL's)")
+    role: str = Field(description='"primary" (or "replica")')
+    host: str
     flavour: Literal["sync", "async"]
     dialect: str
     ok: bool
     latency_ms: float | None = None
     error: str | None = Field(default=None, description="Typed error class when the ping failed")
-    pool: dict[str, Any] = Field(default_factory=dict, description="PoolMonitor.status()")
+    pool: dict[str, Any] | None = Field(
+        default=None, description="PoolMonitor.status(), only with details=True"
+    )
 
 
 class HealthReport(BaseModel):
@@ -38,61 +59,99 @@ class HealthReport(BaseModel):
     databases: list[DatabaseHealth]
 
 
-async def check_database(database: AnyDatabase, limit: float) -> DatabaseHealth:
-    """Ping *database* (for at most *limit* seconds) and read its pool status."""
+class LivenessReport(BaseModel):
+    status: Literal["alive"] = "alive"
+
+
+async def check_database(
+    database: AnyDatabase, limit: float, *, details: bool = False
+) -> DatabaseHealth:
+    """Ping *database* on a connection of its own, for at most *limit* seconds."""
     is_async = isinstance(database, AsyncDatabase)
     latency: float | None = None
     error: str | None = None
     try:
         with anyio.fail_after(limit):
             if isinstance(database, AsyncDatabase):
-                latency = await database.ping()
+                latency = await database.ping(bypass_pool=True)
             else:
-                latency = await anyio.to_thread.run_sync(database.ping, abandon_on_cancel=True)
+                latency = await anyio.to_thread.run_sync(
+                    lambda: database.ping(bypass_pool=True), abandon_on_cancel=True
+                )
     except TimeoutError:
         error = "Timeout"
     except Exception as exc:
         error = type(translate(exc)).__name__
     return DatabaseHealth(
+        name=database.name,
+        role=database.role,
+        host=database.host,
         flavour="async" if is_async else "sync",
         dialect=database.dialect_name,
         ok=error is None,
         latency_ms=round(latency * 1000, 3) if latency is not None else None,
         error=error,
-        pool=database.pool_status(),
+        pool=database.pool_status() if details else None,
     )
+
+
+def _labelled(reports: list[DatabaseHealth]) -> list[DatabaseHealth]:
+    """Two databases with the same name get ``#2``, ``#3``... so every entry is distinct."""
+    seen: dict[str, int] = {}
+    for report in reports:
+        count = seen.get(report.name, 0) + 1
+        seen[report.name] = count
+        if count > 1:
+            report.name = f"{report.name}#{count}"
+    return reports
 
 
 def create_health_router(
     *,
     path: str = "/health",
     tags: Sequence[str] = ("health",),
-    timeout: float = 5.0,
+    timeout: float = 2.0,
+    details: bool = False,
     metrics_path: str | None = "/metrics",
 ) -> APIRouter:
-    """A router with ``GET <path>``: 200 and ``status="ok"`` when every database answered
-    ``SELECT 1`` within *timeout* seconds, else 503 and ``status="unavailable"``.
+    """A router with ``GET <path>/live``, ``GET <path>/ready`` and ``GET <path>`` (see the
+    module docstring).  *timeout* bounds each database's ping (seconds); *details* adds the
+    pool figures to the readiness report.
 
     When ``prometheus-client`` is installed (the ``prometheus`` extra) and *metrics_path* is not
     ``None``, ``GET <metrics_path>`` serves repom's Prometheus metrics; the databases the app
     uses get a :class:`~repom.monitoring.PoolMonitor` installed on first use."""
-    if timeout <= 0:
-        raise ValueError("timeout must be positive")
+    if not timeout > 0 or timeout == float("inf"):
+        raise ValueError("timeout must be a positive, finite number of seconds")
     router = APIRouter(tags=list(tags))
+    base = path.rstrip("/")
 
-    @router.get(
-        path,
-        response_model=HealthReport,
-        summary="Database ping and connection-pool status",
-        responses={503: {"model": HealthReport, "description": "A database is unavailable"}},
-    )
-    async def health(request: Request, response: Response) -> HealthReport:
+    @router.get(f"{base}/live", response_model=LivenessReport, summary="Liveness (no database)")
+    async def live() -> LivenessReport:
+        return LivenessReport()
+
+    async def ready(request: Request, response: Response) -> HealthReport:
         databases = databases_in_use(request.app) or [get_async_database()]
-        reports = [await check_database(db, timeout) for db in databases]
+        reports = _labelled(
+            [await check_database(db, timeout, details=details) for db in databases]
+        )
         ok = all(report.ok for report in reports)
         if not ok:
             response.status_code = 503
         return HealthReport(status="ok" if ok else "unavailable", databases=reports)
+
+    responses: dict[int | str, dict[str, Any]] = {
+        503: {"model": HealthReport, "description": "A database is unavailable"}
+    }
+    for route_path in (f"{base}/ready", path):
+        router.add_api_route(
+            route_path,
+            ready,
+            methods=["GET"],
+            response_model=HealthReport,
+            summary="Readiness: every database answers SELECT 1",
+            responses=responses,
+        )
 
     from repom.monitoring import metrics_available
 

@@ -25,8 +25,11 @@ from typing import Any
 
 import anyio
 
+from repom.config import get_config
 from repom.database import AsyncDatabase, Database, get_async_database, get_database
+from repom.exceptions import ConfigurationError
 from repom.fastapi._databases import AnyDatabase, databases_in_use, use_databases
+from repom.monitoring.budget import connection_budget
 from repom.urls import mask_url
 
 __all__ = ["Lifespan", "lifespan"]
@@ -48,6 +51,37 @@ async def dispose(database: AnyDatabase) -> None:
         await database.dispose()
     else:
         await anyio.to_thread.run_sync(database.dispose)
+
+
+def _require_cursor_secret_in_production() -> None:
+    config = get_config()
+    if config.environment == "production" and config.cursor_secret is None:
+        raise ConfigurationError(
+            "environment=production needs REPOM_CURSOR_SECRET (environment, .env or CONFIG_HOOK): "
+            "every worker process must sign keyset cursors with the same secret",
+            variable="REPOM_CURSOR_SECRET",
+        )
+
+
+async def _log_budget(database: AnyDatabase) -> None:
+    """Log pool size x workers against the server's and the role's connection limits."""
+    if database.dialect_name != "postgresql" or database.bound_connection is not None:
+        return
+    try:
+        if isinstance(database, AsyncDatabase):
+            engine = database.engine
+            async with engine.connect() as conn:
+                budget = await conn.run_sync(
+                    lambda sync: connection_budget(engine.sync_engine, connection=sync)
+                )
+        else:
+            sync_db = database
+            budget = await anyio.to_thread.run_sync(lambda: connection_budget(sync_db.engine))
+    except Exception:  # the budget is advice: never fail startup for it
+        logger.debug("could not read the connection budget", exc_info=True)
+        return
+    level = logging.WARNING if budget.fits is False else logging.INFO
+    logger.log(level, "database %s connections: %s", database.name, budget.describe())
 
 
 class Lifespan:
@@ -93,6 +127,7 @@ class Lifespan:
         if self.database is not None or self.async_database is not None:
             use_databases(app, database=self.database, async_database=self.async_database)
         databases = databases_in_use(app)
+        _require_cursor_secret_in_production()
         try:
             if self.verify:
                 for database in databases:
@@ -106,6 +141,7 @@ class Lifespan:
                     logger.info(
                         "database %s ready (%.1f ms)", mask_url(database.url), latency * 1000
                     )
+                    await _log_budget(database)
             if self.inner is None:
                 yield None
             else:

@@ -189,6 +189,8 @@ class SetupInfo:
     environment: str
     pool: dict[str, Any]
     server_version: str | None = None
+    connections: dict[str, Any] | None = None
+    connections_text: str | None = None
     connect_error: str | None = None
     models: list[str] = field(default_factory=list)
     metadata: list[str] = field(default_factory=list)
@@ -203,12 +205,24 @@ class SetupInfo:
         return dict(self.__dict__)
 
 
+def _capacity(pool_class: Any, arguments: dict[str, Any]) -> int | None:
+    """Connections one process may open with these engine arguments (None: unbounded)."""
+    name = getattr(pool_class, "__name__", "")
+    if name == "StaticPool":
+        return 1
+    if "QueuePool" not in name:
+        return None
+    overflow = int(arguments.get("max_overflow", 10))
+    return None if overflow < 0 else int(arguments.get("pool_size", 5)) + overflow
+
+
 def database_info(settings: ProjectSettings, *, config: RepomConfig | None = None) -> SetupInfo:
     """Collect configuration, server, models and migration state; problems are recorded, not
     raised (except a malformed URL)."""
     from sqlalchemy import inspect
 
     from repom.engine import build_engine, engine_arguments, pool_class_name
+    from repom.monitoring.budget import budget_for
     from repom.urls import convert_to_async_uri, mask_url
 
     config = _config(config)
@@ -242,6 +256,10 @@ def database_info(settings: ProjectSettings, *, config: RepomConfig | None = Non
             version = conn.dialect.server_version_info
             info.server_version = ".".join(str(part) for part in version) if version else None
             db_tables = set(inspect(conn).get_table_names())
+            if target.get_backend_name() == "postgresql":
+                budget = budget_for(_capacity(pool_class, arguments), connection=conn)
+                info.connections = budget.as_dict()
+                info.connections_text = budget.describe()
     except Exception as exc:
         info.connect_error = _one_line(exc)
     finally:

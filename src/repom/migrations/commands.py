@@ -22,6 +22,7 @@ from repom.migrations.errors import DatabaseNotUpToDate, MigrationError
 from repom.migrations.project import (
     ProjectSettings,
     alembic_config,
+    check_url_env,
     find_project,
     split_modules,
 )
@@ -405,6 +406,7 @@ def init_project(
     models: str | None = None,
     metadata: str | None = None,
     use_async: bool = False,
+    url_env: str = "DATABASE_URL",
 ) -> list[Path]:
     """Write ``alembic.ini`` and the migration folder (paths relative to the working directory);
     return the files written.  Refuses to overwrite an existing configuration file or a non-empty
@@ -416,6 +418,7 @@ def init_project(
         raise MigrationError(f"{ini} already exists; not overwriting it")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise MigrationError(f"{folder} already exists and is not empty; not overwriting it")
+    url_env = check_url_env(url_env)
     module_names = split_modules(models) if models else ()
     metadata = metadata.strip() if metadata else None
     try:
@@ -429,6 +432,7 @@ def init_project(
         if module_names
         else "# models = app.models",
         metadata_line=f"metadata = {metadata}" if metadata else "# metadata =",
+        url_env_line=f"url_env = {url_env}",
     )
     written: list[Path] = []
     (folder / "versions").mkdir(parents=True, exist_ok=True)

@@ -252,6 +252,12 @@ def run_migrations(connection: Connection, target_metadata: TargetMetadata, **op
     external = connection.in_transaction()
     release: Callable[[], None] | None = None
     restore_fks = False
+    pooled: Any = None
+    if dialect == "postgresql" and not external and _repom_config().pooler is not None:
+        # behind a transaction-mode pooler a session-level lock would stay on whichever server
+        # connection ran it: the whole run is one transaction holding a transaction-level lock
+        pooled = connection.begin()
+        external = True
     if dialect == "postgresql":
         release = _pg_lock(connection, external)
     elif dialect == "sqlite" and not external:
@@ -263,6 +269,12 @@ def run_migrations(connection: Connection, target_metadata: TargetMetadata, **op
             context.run_migrations()
             if restore_fks:
                 _sqlite_foreign_key_check(connection)
+        if pooled is not None:
+            pooled.commit()
+    except BaseException:
+        if pooled is not None and pooled.is_active:
+            pooled.rollback()
+        raise
     finally:
         if restore_fks:
             _sqlite_foreign_keys(connection, enable=True)

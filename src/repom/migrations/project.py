@@ -9,14 +9,20 @@ settings are resolved in this order, first match wins:
 3. the ``[repom]`` section of ``alembic.ini`` (keys ``models`` and ``metadata``);
 4. the ``[tool.repom]`` table of ``pyproject.toml`` next to it (same keys).
 
-The database URL is never stored in these files: it comes from repom's configuration
-(``DATABASE_URL`` / ``REPOM_DATABASE_URL``, ``.env``, ``CONFIG_HOOK``) unless ``--url`` is given.
+The database URL is never stored in these files.  ``url_env`` (in ``[repom]`` or
+``[tool.repom]``; ``repom db init`` writes ``url_env = DATABASE_URL`` unless told another name)
+records which database the project migrates: the environment variable (or ``.env`` entry) that
+holds its URL.  ``DATABASE_URL``/``REPOM_DATABASE_URL`` go through repom's configuration (``.env``,
+``CONFIG_HOOK``); any other name is read as it is, and when it is not set the command stops
+instead of falling back to another database's URL.  ``--url`` overrides all of this.  Projects
+without ``url_env`` (written before it existed) use repom's configuration.
 """
 
 from __future__ import annotations
 
 import configparser
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -36,6 +42,7 @@ __all__ = [
     "MODELS_ENV",
     "ProjectSettings",
     "alembic_config",
+    "check_url_env",
     "find_project",
     "settings_from_alembic",
 ]
@@ -59,7 +66,10 @@ class ProjectSettings:
     metadata: str | None = None
     """Where the ``MetaData`` is when it cannot be found on its own: ``"pkg.mod:Base.metadata"``."""
     url: str | None = None
-    """Database URL override (``--url``); ``None`` means repom's configuration."""
+    """Database URL override (``--url``, or the value of *url_env*); ``None`` means repom's
+    configuration."""
+    url_env: str | None = None
+    """The environment variable naming the database this project migrates (``url_env``)."""
     toml_file: Path | None = None
     """``pyproject.toml`` when it has a ``[tool.alembic]`` table (Alembic >= 1.16 style)."""
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -175,15 +185,61 @@ def find_project(
                 raise ConfigurationError(f"{source}: metadata must be a string")
             found_metadata = raw_metadata.strip()
             sources["metadata"] = source
+    url_env: str | None = None
+    for source, values in ((f"{ini.name} [repom]", ini_settings), ("pyproject.toml", tool_repom)):
+        raw = values.get("url_env")
+        if raw:
+            url_env = check_url_env(raw, source=source)
+            sources["url_env"] = source
+            break
     settings = ProjectSettings(
         root=root,
         config_file=ini,
         models=found_models,
         metadata=found_metadata,
+        url_env=url_env,
         toml_file=root / "pyproject.toml" if has_tool_alembic else None,
         sources=sources,
     )
+    if not url and url_env and url_env not in _CONFIG_URL_VARIABLES:
+        url = _url_from(url_env, env, base, ini)
     return settings.with_overrides(url=url, models=models, metadata=metadata)
+
+
+#: variables repom's configuration reads itself (with .env and CONFIG_HOOK)
+_CONFIG_URL_VARIABLES = ("DATABASE_URL", "REPOM_DATABASE_URL")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_url_env(value: Any, *, source: str = "url_env") -> str:
+    """*value* as an environment variable name, or :class:`ConfigurationError`."""
+    name = value.strip() if isinstance(value, str) else ""
+    if not _ENV_NAME.fullmatch(name):
+        raise ConfigurationError(f"{source}: url_env must be an environment variable name")
+    return name
+
+
+def _url_from(name: str, env: Mapping[str, str], cwd: Path, ini: Path) -> str:
+    """The URL in environment variable *name* (or a ``.env`` next to the project or in the
+    working directory); the project's own database or nothing."""
+    value = env.get(name)
+    if not value:
+        from dotenv import dotenv_values
+
+        for folder in dict.fromkeys((cwd, ini.parent)):
+            found = (
+                dotenv_values(folder / ".env").get(name) if (folder / ".env").is_file() else None
+            )
+            if found:
+                value = found
+                break
+    if not value:
+        raise ConfigurationError(
+            f"{ini.name} migrates the database named by {name} (url_env), and {name} is not set "
+            "(environment or .env); set it, or pass --url to run against another database",
+            variable=name,
+        )
+    return value
 
 
 def import_paths(settings: ProjectSettings) -> list[str]:

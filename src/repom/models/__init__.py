@@ -5,6 +5,7 @@
 * :class:`TimestampMixin`, :class:`SoftDeleteMixin`, :class:`VersionMixin`,
   :class:`UUIDPrimaryKeyMixin`, :class:`IntegerPrimaryKeyMixin`: for both bases.
 * Soft delete helpers: :func:`soft_delete`, :func:`restore`, :func:`include_deleted`, ...
+* :func:`unique_live`: a unique index among rows that are not soft-deleted.
 * :class:`RepomSession`: stale versions raise :class:`repom.exceptions.ConflictError` at flush.
 
 See ``docs/models.md``.
@@ -37,6 +38,7 @@ from repom.models.soft_delete import (
     soft_delete,
     soft_delete_values,
 )
+from repom.models.unique import is_live_index, unique_live
 from repom.types import sql_utcnow, utcnow, uuid7
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "VersionMixin",
     "include_deleted",
     "install_soft_delete_filter",
+    "is_live_index",
     "new_metadata",
     "not_deleted",
     "restore",
@@ -62,6 +65,7 @@ __all__ = [
     "soft_delete_values",
     "sql_utcnow",
     "timestamp_update_values",
+    "unique_live",
     "utcnow",
     "uuid7",
 ]

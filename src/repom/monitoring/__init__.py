@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from repom.monitoring._stats import callback_failure_counts, retry_counts
 from repom.monitoring._tracker import MonitorOptions, mask_parameters
+from repom.monitoring.budget import ConnectionBudget, connection_budget, worker_count
 from repom.monitoring.context import (
     RouteContextMiddleware,
     current_route,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from repom.monitoring.prometheus import RepomCollector, metrics_text, register_metrics
 
 __all__ = [
+    "ConnectionBudget",
     "ConnectionPoolMonitor",
     "MonitorOptions",
     "PoolHealth",
@@ -49,6 +51,7 @@ __all__ = [
     "UnsupportedMonitorTarget",
     "assert_max_queries",
     "callback_failure_counts",
+    "connection_budget",
     "current_route",
     "mask_parameters",
     "metrics_available",
@@ -58,6 +61,7 @@ __all__ = [
     "retry_counts",
     "route_context",
     "set_route",
+    "worker_count",
 ]
 
 _PROMETHEUS = ("RepomCollector", "metrics_text", "register_metrics")

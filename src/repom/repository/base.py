@@ -58,7 +58,7 @@ class _RepositoryBase(Generic[M]):
     default_options: ClassVar[Sequence[Any]] = ()
     #: cap on ``limit``/``per_page`` (``None``: ``RepomConfig.max_page_size``, default 1000)
     max_page_size: ClassVar[int | None] = None
-    #: secret that signs keyset cursors (``None``: ``REPOM_CURSOR_SECRET`` or per process)
+    #: secret that signs keyset cursors (``None``: RepomConfig.cursor_secret, REPOM_CURSOR_SECRET)
     cursor_secret: ClassVar[str | bytes | None] = None
 
     _contexts: ClassVar[dict[type[Any], RepoContext[Any]]] = {}

@@ -25,10 +25,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from sqlalchemy import (
     Column,
     Integer,
+    PrimaryKeyConstraint,
     String,
     Table,
+    UniqueConstraint,
     and_,
     bindparam,
+    case,
     func,
     insert,
     literal,
@@ -55,7 +58,9 @@ from repom.repository.core import (
     identity,
 )
 from repom.repository.errors import InvalidOptionError, UnknownFieldError
+from repom.repository.filters import coerce_value
 from repom.repository.meta import ModelInfo
+from repom.repository.validation import validator
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.elements import ColumnElement
@@ -501,6 +506,7 @@ def op_bulk_create(
                     "method='copy' takes rows (dicts or pydantic models), not model instances",
                     option="method",
                 )
+            validator(info).check_objects(instances)
             session.add_all(instances)
             flush(session)
             total += len(instances)
@@ -510,6 +516,7 @@ def op_bulk_create(
                 results.extend(info.pk_value(info.identity_of(obj)) for obj in instances)
             continue
         rows = [_row(info, item, "bulk_create()") for item in chunk]
+        validator(info).check_rows(rows)
         if conn is None:
             conn = session.connection(bind_arguments={"mapper": info.mapper})
         if returning == "objects":
@@ -779,6 +786,7 @@ def op_bulk_update(
                 instances[ident] = item
         if not rows:
             continue
+        validator(info).check_rows(rows.values())
         # the objects' changes are written by this bulk statement, not by the flush below (which
         # writes any other pending work first); on error the owner's rollback expires them
         for ident, obj in instances.items():
@@ -789,7 +797,10 @@ def op_bulk_update(
             flush(session)
         conn = session.connection(bind_arguments={"mapper": info.mapper})
         by_keys: dict[tuple[str, ...], list[tuple[tuple[Any, ...], dict[str, Any]]]] = {}
-        for ident, row in rows.items():
+        # rows go in key order (see _key_order): concurrent batches over the same keys lock
+        # them in the same order and never deadlock each other
+        for row in _key_order(rows):
+            ident = tuple(row[k] for k in info.pk_keys)
             fields = tuple(sorted(k for k in row if k not in info.pk_keys and k != version_key))
             if not fields:
                 continue
@@ -1020,6 +1031,7 @@ def _upsert_statement(
     target: Sequence[str],
     update_keys: Sequence[str],
     base: Any,
+    insert_keys: Sequence[str] = (),
 ) -> Any:
     """Add the dialect's conflict clause to *base* (an insert from the dialect module)."""
     dialect = conn.dialect
@@ -1028,6 +1040,14 @@ def _upsert_statement(
     set_: dict[Any, Any] = {
         table.c[info.columns[k].key]: source[info.columns[k].key] for k in update_keys
     }
+    restore, was_deleted = _restore_assignments(
+        info, table, source, target, update_keys, insert_keys
+    )
+    #: nothing to update on a live row: only a deleted one is written (restored)
+    only_restore = bool(restore) and not update_keys
+    if restore:
+        update_keys = [*update_keys, *(k for k in restore if k not in update_keys)]
+        set_.update({table.c[info.columns[k].key]: v for k, v in restore.items()})
     if update_keys:
         for key, column in info.columns.items():
             if key in update_keys or key in info.pk_keys or key == info.version_key:
@@ -1040,15 +1060,83 @@ def _upsert_statement(
         if info.version_key is not None and callable(info.mapper.version_id_generator):
             version = table.c[info.columns[info.version_key].key]
             set_[version] = version + 1
+    for flag_key in (info.soft_delete_key, info.deleted_at_key):
+        if restore and flag_key is not None:  # last: MySQL assigns left to right
+            flag_column = table.c[info.columns[flag_key].key]
+            set_[flag_column] = set_.pop(flag_column)
     if dialect.name in ("mysql", "mariadb"):
+        if only_restore:
+            set_ = {col: case((was_deleted, value), else_=col) for col, value in set_.items()}
         if not set_:
             first = table.c[info.columns[target[0]].key]
             set_ = {first: first}  # MySQL has no DO NOTHING: a no-op assignment
         return base.on_duplicate_key_update(set_)
     index_elements = [table.c[info.columns[k].key] for k in target]
+    index_where = _partial_index_where(dialect, info, table, target)
     if not set_:
-        return base.on_conflict_do_nothing(index_elements=index_elements)
-    return base.on_conflict_do_update(index_elements=index_elements, set_=set_)
+        return base.on_conflict_do_nothing(index_elements=index_elements, index_where=index_where)
+    return base.on_conflict_do_update(
+        index_elements=index_elements,
+        index_where=index_where,
+        set_=set_,
+        where=was_deleted if only_restore else None,
+    )
+
+
+def _restore_assignments(
+    info: ModelInfo[Any],
+    table: Table,
+    source: Any,
+    target: Sequence[str],
+    update_keys: Sequence[str],
+    insert_keys: Sequence[str],
+) -> tuple[dict[str, Any], Any]:
+    """Soft delete: an upsert that meets a soft-deleted row *restores* it.  A deleted row counts
+    as absent, so it gets every value of the inserted row (columns outside ``update_fields``
+    too) and loses its deleted mark; a live row is updated as usual.  The restore assignments
+    come last: MySQL evaluates ``ON DUPLICATE KEY UPDATE`` left to right.  Returns the
+    assignments and the "row was deleted" condition."""
+    flag = info.soft_delete_key or info.deleted_at_key
+    if flag is None:
+        return {}, None
+    flag_col = table.c[info.columns[flag].key]
+    was_deleted = flag_col.is_(True) if info.soft_delete_key else flag_col.is_not(None)
+    assignments: dict[str, Any] = {}
+    for key in insert_keys:
+        if key in update_keys or key in target or key in info.pk_keys:
+            continue
+        if key in (info.version_key, info.soft_delete_key, info.deleted_at_key):
+            continue
+        column = table.c[info.columns[key].key]
+        assignments[key] = case((was_deleted, source[column.key]), else_=column)
+    if info.soft_delete_key is not None:
+        assignments[info.soft_delete_key] = False
+    if info.deleted_at_key is not None:
+        assignments[info.deleted_at_key] = None
+    return assignments, was_deleted
+
+
+def _partial_index_where(
+    dialect: Dialect, info: ModelInfo[Any], table: Table, target: Sequence[str]
+) -> Any:
+    """The ``WHERE`` of a partial unique index over exactly *target* (``unique_live``), so that
+    ``ON CONFLICT (...) WHERE ...`` infers it; ``None`` when a full unique key matches."""
+    wanted = {info.columns[k].name for k in target}
+    partial = None
+    for index in table.indexes:
+        if not index.unique or {c.name for c in index.columns} != wanted:
+            continue
+        where = index.dialect_options[dialect.name].get("where")
+        if where is None:
+            return None  # a full unique index: no predicate needed
+        partial = where
+    for constraint in table.constraints:
+        if (
+            isinstance(constraint, UniqueConstraint | PrimaryKeyConstraint)
+            and {c.name for c in constraint.columns} == wanted
+        ):
+            return None
+    return partial
 
 
 def op_upsert(
@@ -1056,6 +1144,7 @@ def op_upsert(
 ) -> M:
     info = ctx.info
     row = _row(info, data, "upsert()")
+    validator(info).check_row(row)
     target = _conflict_target(info, conflict_on)
     missing = [k for k in target if k not in row]
     if missing:
@@ -1068,7 +1157,7 @@ def op_upsert(
     dialect = conn.dialect
     insert_fn = _dialect_insert(dialect)
     base = insert_fn(info.model).values(row)
-    stmt = _upsert_statement(conn, info, target, update_keys, base)
+    stmt = _upsert_statement(conn, info, target, update_keys, base, list(row))
     options = {"populate_existing": True}
     if dialect.insert_returning and dialect.name != "mysql" and dialect.name != "mariadb":
         obj = session.scalars(stmt.returning(info.model), execution_options=options).first()
@@ -1078,6 +1167,9 @@ def op_upsert(
         session.execute(stmt)
     # no RETURNING (MySQL) or DO NOTHING hit an existing row: read the row by its unique key
     lookup = select(info.model).where(*(info.attributes[k] == row[k] for k in target))
+    live = info.not_deleted()  # an upsert leaves a live row (a deleted one is restored)
+    if live is not None:
+        lookup = lookup.where(live)
     found: M = session.scalars(
         lookup.execution_options(include_deleted=True, populate_existing=True)
     ).one()
@@ -1109,21 +1201,94 @@ def op_bulk_upsert(
         unique_rows: dict[tuple[Any, ...], dict[str, Any]] = {}
         for item in chunk:
             row = _row(info, item, "bulk_upsert()")
+            validator(info).check_row(row)
             missing = [k for k in target if k not in row]
             if missing:
                 raise UnknownFieldError(
                     f"bulk_upsert() rows need the conflict column(s) {', '.join(missing)}",
                     field=missing[0],
                 )
-            # one statement cannot touch a row twice: the last row for a key wins
-            unique_rows[tuple(row[k] for k in target)] = row
+            # one statement cannot touch a row twice: the last row for a key wins (keys are
+            # compared as the column's type: "0190...-..." and the UUID are the same key)
+            unique_rows[_normal_key(info, target, row)] = row
         if conn is None:
             conn = session.connection(bind_arguments={"mapper": info.mapper})
-        for keys, group in _groups(list(unique_rows.values())):
+        for keys, group in _shape_groups(_key_order(unique_rows)):
             update_keys = _update_keys(info, keys, target, update_fields)
             total += _upsert_group(conn, info, keys, group, target, update_keys)
         _refresh_after_upsert(session, info, target, list(unique_rows.values()))
     return total
+
+
+def _normal_key(
+    info: ModelInfo[Any], keys: Sequence[str], row: Mapping[str, Any]
+) -> tuple[Any, ...]:
+    """The values of *keys* in *row*, converted to the columns' Python types where possible."""
+    out = []
+    for key in keys:
+        value = row[key]
+        try:
+            value = coerce_value(value, info.python_types.get(key), key, key)
+        except InvalidFilterError:
+            pass  # left as given: the value checks report it
+        out.append(value)
+    return tuple(out)
+
+
+def _sort_key(ident: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple((value is None, value) for value in ident)
+
+
+def _key_order(rows: Mapping[tuple[Any, ...], dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of a chunk sorted by key.
+
+    Row locks are taken in the order rows are written; two transactions writing the same keys
+    in the same order queue behind each other instead of deadlocking (each holding a row the
+    other one needs).  Keys of mixed, incomparable types are ordered by their ``repr``.
+    """
+    try:
+        order = sorted(rows, key=_sort_key)
+    except TypeError:
+        order = sorted(rows, key=lambda ident: tuple(repr(v) for v in ident))
+    return [rows[ident] for ident in order]
+
+
+def _shape_groups(
+    rows: Sequence[dict[str, Any]],
+) -> Iterator[tuple[tuple[str, ...], list[dict[str, Any]]]]:
+    """Rows with the same keys, one group per shape (key order kept inside each group)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    yield from groups.items()
+
+
+def _same_row_twice(
+    exc: sa_exc.DBAPIError,
+    info: ModelInfo[Any],
+    target: Sequence[str],
+    rows: Sequence[dict[str, Any]],
+) -> InvalidOptionError | None:
+    """PostgreSQL's "ON CONFLICT DO UPDATE command cannot affect row a second time" (SQLSTATE
+    21000) as a typed error naming the key: two rows whose keys differ in Python are the same
+    key for the database (a case-insensitive or padded type, a collation)."""
+    if getattr(exc.orig, "sqlstate", None) != "21000":
+        return None
+    seen: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    shown = ""
+    for row in rows:
+        ident = _normal_key(info, target, row)
+        loose = tuple(v.strip().casefold() if isinstance(v, str) else v for v in ident)
+        if loose in seen:
+            shown = f": {seen[loose]!r} and {ident!r}"
+            break
+        seen[loose] = ident
+    return InvalidOptionError(
+        f"bulk_upsert() got two {info.name} rows with the same conflict key "
+        f"({', '.join(target)}) in one batch{shown}; the database treats their keys as equal, "
+        "and one statement cannot write a row twice",
+        option="items",
+    )
 
 
 def _upsert_group(
@@ -1143,11 +1308,17 @@ def _upsert_group(
             targets = list(shape.all_columns)
             source = _unnest_source(targets, shape.column_values(rows))
             base = insert_fn(table).from_select(targets, source)
-            stmt = _upsert_statement(conn, info, target, update_keys, base)
-            return _count(conn.execute(stmt, execution_options=_ROWCOUNT), len(rows))
+            stmt = _upsert_statement(conn, info, target, update_keys, base, keys)
+            try:
+                return _count(conn.execute(stmt, execution_options=_ROWCOUNT), len(rows))
+            except sa_exc.DBAPIError as exc:
+                refused = _same_row_twice(exc, info, target, rows)
+                if refused is None:
+                    raise
+                raise refused from None
     resolved = cast(Table, table if table is not None else info.mapper.local_table)
     base = insert_fn(resolved)
-    stmt = _upsert_statement(conn, info, target, update_keys, base)
+    stmt = _upsert_statement(conn, info, target, update_keys, base, keys)
     params = [{info.columns[k].key: v for k, v in row.items()} for row in rows]
     result = conn.execute(stmt, params, execution_options=_ROWCOUNT)
     return _count(result, len(params))

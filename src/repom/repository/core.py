@@ -29,12 +29,23 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstanceState, Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.sql.base import ExecutableOption
 
 from repom.config import get_config
-from repom.exceptions import ConflictError, DataValidationError, InvalidFilterError, NotFoundError
+from repom.exceptions import (
+    ConflictError,
+    DataValidationError,
+    DeletedRowConflict,
+    DuplicateKeyError,
+    InvalidFilterError,
+    NotFoundError,
+    RepomError,
+    translate,
+)
 from repom.repository.cursor import CursorCodec, cursor_secret
 from repom.repository.errors import InvalidOptionError, UnknownFieldError
 from repom.repository.filters import OrderItem, coerce_value, compile_filters, compile_order_by
@@ -48,6 +59,7 @@ from repom.repository.pagination import (
     page_window,
     total_from_page,
 )
+from repom.repository.validation import validator
 
 __all__ = ["Query", "RepoContext"]
 
@@ -575,9 +587,82 @@ def to_instance(ctx: RepoContext[M], data: Any, what: str = "create()") -> M:
 
 def op_create(session: Session, ctx: RepoContext[M], data: Any) -> M:
     obj = to_instance(ctx, data)
+    validator(ctx.info).check_object(obj)
     session.add(obj)
-    flush(session)
+    try:
+        flush(session)
+    except sa_exc.IntegrityError as exc:
+        error = translate(exc)
+        if isinstance(error, DuplicateKeyError) and ctx.info.soft_delete:
+            deleted = _deleted_row_conflict(session, ctx.info, obj, error)
+            if deleted is not None:
+                raise deleted from error
+        if error is exc:
+            raise
+        raise error from exc.orig
     return obj
+
+
+def _deleted_row_conflict(
+    session: Session, info: ModelInfo[Any], obj: Any, error: DuplicateKeyError
+) -> DeletedRowConflict | None:
+    """A :class:`DeletedRowConflict` when every row holding one of *obj*'s unique values is
+    soft-deleted (so the conflict is with a row no read shows); ``None`` otherwise.
+
+    Runs only on this error path, one ``SELECT``.  The failed INSERT has ended the session's
+    transaction (PostgreSQL aborts it; the session needs a rollback anyway), so the check cannot
+    use it: it reads through a connection of its own from the session's engine (committed rows),
+    or, for a session bound to an external connection (``repom.testing``, where the session's
+    savepoint was rolled back and the outer transaction lives on), inside a savepoint on that
+    connection.  Any failure of the check keeps the original error.
+    """
+    table = info.table
+    if table is None:
+        return None
+    values = inspect(obj).dict
+    matches = []
+    for keys in info.unique_sets:
+        if all(values.get(k) is not None for k in keys):
+            matches.append(and_(*(info.columns[k] == values[k] for k in sorted(keys))))
+    if not matches:
+        return None
+    if info.soft_delete_key is not None:
+        deleted: ColumnElement[bool] = info.columns[info.soft_delete_key].is_(True)
+    else:
+        deleted = info.columns[cast(str, info.deleted_at_key)].is_not(None)
+    stmt = select(deleted).select_from(table).where(or_(*matches)).limit(20)
+    try:
+        bind = session.get_bind(mapper=info.mapper)
+        if isinstance(bind, Connection):
+            with bind.begin_nested() if bind.in_transaction() else bind.begin():
+                flags = list(bind.execute(stmt).scalars())
+        else:
+            with bind.connect() as conn:
+                flags = list(conn.execute(stmt).scalars())
+                conn.rollback()
+    except (sa_exc.SQLAlchemyError, RepomError):
+        return None
+    if not flags or not all(flags):
+        return None
+    names = [
+        f"{what} {name!r}"
+        for what, name in (("constraint", error.constraint_name), ("column", error.column_name))
+        if name
+    ]
+    where = f" ({', '.join(names)})" if names else ""
+    conflict = DeletedRowConflict(
+        f"{info.name}: the unique value belongs to a soft-deleted {info.name} row, which reads "
+        f"do not show{where}; restore that row, or declare the column unique among live rows "
+        "(repom.models.unique_live)",
+        statement=error.statement,
+        params=error.params,
+        orig=error.orig,
+        sqlstate=error.sqlstate,
+        constraint_name=error.constraint_name,
+        table_name=error.table_name,
+        column_name=error.column_name,
+    )
+    return conflict
 
 
 def op_update(session: Session, ctx: RepoContext[M], entity: M, data: Any) -> M:
@@ -591,6 +676,7 @@ def op_update(session: Session, ctx: RepoContext[M], entity: M, data: Any) -> M:
     if data is not None:
         values = _as_dict(data, exclude_unset=True, what="update()", model_name=info.name)
         check_fields(info, values, info.writable)
+        validator(info).check_row(values)
     state = cast("InstanceState[Any]", inspect(entity))
     if state.transient:
         raise InvalidOptionError(

@@ -11,10 +11,12 @@ ordering columns of the last row it already received.  Do not order by a column 
 not see.
 
 The secret comes from (first found): the ``cursor_secret`` argument of the repository, its
-``cursor_secret`` class attribute, the ``REPOM_CURSOR_SECRET`` environment variable, or a random
-per-process secret.  The per-process secret is fine for one process, but cursors then stop
-working after a restart and are rejected by other worker processes: set ``REPOM_CURSOR_SECRET``
-when you run more than one process.
+``cursor_secret`` class attribute, or :attr:`RepomConfig.cursor_secret
+<repom.config.RepomConfig.cursor_secret>` (``REPOM_CURSOR_SECRET`` in the environment or
+``.env``, or a ``CONFIG_HOOK``).  Without any, ``environment=dev``/``test`` use a random
+per-process secret (cursors are then rejected by other worker processes and after a restart);
+``environment=production`` refuses with :class:`~repom.exceptions.ConfigurationError` -- a
+service with several workers must share one secret.
 """
 
 from __future__ import annotations
@@ -27,14 +29,14 @@ import enum
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import threading
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from repom.exceptions import InvalidCursorError
+from repom.config import get_config
+from repom.exceptions import ConfigurationError, InvalidCursorError
 
 __all__ = ["CursorCodec", "cursor_secret", "order_fingerprint"]
 
@@ -50,9 +52,15 @@ def cursor_secret(explicit: str | bytes | None = None) -> bytes:
     global _process_secret
     if explicit:
         return explicit.encode() if isinstance(explicit, str) else bytes(explicit)
-    env = os.environ.get("REPOM_CURSOR_SECRET")
-    if env:
-        return env.encode()
+    config = get_config()
+    if config.cursor_secret is not None and config.cursor_secret.get_secret_value():
+        return config.cursor_secret.get_secret_value().encode()
+    if config.environment == "production":
+        raise ConfigurationError(
+            "no cursor secret: set REPOM_CURSOR_SECRET (environment, .env or CONFIG_HOOK) in "
+            "production, so that every worker process signs keyset cursors with the same one",
+            variable="REPOM_CURSOR_SECRET",
+        )
     if _process_secret is None:
         with _secret_lock:
             if _process_secret is None:

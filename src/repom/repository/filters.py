@@ -11,6 +11,11 @@ value is *literal*: ``%`` and ``_`` in it are escaped, so a caller can never inj
 Strings are converted to the column's Python type (``"18"`` -> ``18`` for an integer column), so
 query-string values can be passed as they come.
 
+``in``/``not_in`` take a list of any length and send it as ONE bound parameter where the
+database allows it (:class:`InList`): ``col = ANY(CAST(:p AS type[]))`` on PostgreSQL,
+``col IN (SELECT value FROM json_each(:p))`` on SQLite; MySQL/MariaDB drivers inline the values
+client-side, so a plain ``IN (...)`` has no parameter limit there.
+
 Every name is checked: an unknown field, operator or order field raises
 :class:`~repom.exceptions.InvalidFilterError` naming it and listing the allowed ones.  No SQL is
 ever built from a caller's string: field names select mapped attributes, values become bound
@@ -25,15 +30,23 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import json
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_
+from sqlalchemy import Boolean, ColumnElement, String, all_, and_, any_, bindparam, func, select
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.sql.sqltypes import JSON, Enum
+from sqlalchemy.sql.visitors import InternalTraversal
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from repom.exceptions import InvalidFilterError
 from repom.repository.meta import ModelInfo, model_info
@@ -41,6 +54,7 @@ from repom.repository.meta import ModelInfo, model_info
 __all__ = [
     "LIKE_ESCAPE",
     "OPERATORS",
+    "InList",
     "OrderItem",
     "compile_filters",
     "compile_order_by",
@@ -70,6 +84,115 @@ def _like(attr: Any, value: str, *, lead: bool, trail: bool, ci: bool) -> Column
     return result
 
 
+# --------------------------------------------------------------------------- IN lists
+
+
+class _JSONList(TypeDecorator[list[Any]]):
+    """A list bound as one JSON text parameter; each element goes through the bind processor
+    of *item_type* first, so it arrives in the form the column stores (e.g. a UUID as the 32
+    hex digits of ``Uuid``/``UUIDType`` on SQLite, a datetime as SQLite's text format)."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, item_type: TypeEngine[Any]) -> None:
+        super().__init__()
+        self.item_type = item_type
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str:
+        proc = self.item_type.dialect_impl(dialect).bind_processor(dialect)
+        items = list(value) if proc is None else [proc(v) for v in value]
+        return json.dumps(items, default=str)
+
+
+def _base_type(type_: TypeEngine[Any]) -> TypeEngine[Any]:
+    while isinstance(type_, TypeDecorator):
+        type_ = type_.impl_instance
+    return type_
+
+
+def _array_ok(type_: TypeEngine[Any]) -> bool:
+    """Can values of this type travel as elements of one PostgreSQL array parameter?"""
+    if getattr(type_, "_has_bind_expression", True):
+        return False  # the type wraps its parameter in SQL
+    base = _base_type(type_)
+    if isinstance(base, (ARRAY, JSON)):
+        return False
+    return not (isinstance(base, Enum) and base.native_enum)
+
+
+def _json_ok(type_: TypeEngine[Any]) -> bool:
+    """Can values of this type travel inside one JSON text (SQLite ``json_each``)?"""
+    if getattr(type_, "_has_bind_expression", True):
+        return False
+    try:
+        py = _base_type(type_).python_type
+    except NotImplementedError:
+        return False
+    return py in (int, float, decimal.Decimal, str, bool, uuid.UUID, dt.datetime, dt.date) or (
+        isinstance(py, type) and issubclass(py, enum.Enum)
+    )
+
+
+class InList(ColumnElement[bool]):
+    """``column IN (values)`` (``NOT IN`` when *negate*) for a list of any length.
+
+    The statement is the same whatever the length of the list: one bound parameter, so there is
+    no driver parameter limit (asyncpg: 32,767; SQLite: 32,766) and the SQL text stays cacheable.
+    Each dialect renders the form it supports (see the ``@compiles`` functions below); every
+    form is built here, with its own bound parameter, so statement caching extracts the values
+    of whichever one is rendered.
+    """
+
+    __visit_name__ = "repom_in_list"
+    inherit_cache = True
+    _traverse_internals = [
+        ("generic", InternalTraversal.dp_clauseelement),
+        ("postgresql", InternalTraversal.dp_clauseelement),
+        ("sqlite", InternalTraversal.dp_clauseelement),
+    ]
+    type = Boolean()
+    _is_implicitly_boolean = True  # a predicate: no "= 1" around it where booleans are ints
+
+    def __init__(self, column: Any, values: Sequence[Any], *, negate: bool = False) -> None:
+        col_type: TypeEngine[Any] = column.type
+        values = list(values)
+        self.generic: ColumnElement[bool] = column.not_in(values) if negate else column.in_(values)
+        if _array_ok(col_type):
+            array = sql_cast(bindparam(None, values, type_=ARRAY(col_type)), ARRAY(col_type))
+            self.postgresql: ColumnElement[bool] = (
+                column != all_(array) if negate else column == any_(array)
+            )
+        else:
+            self.postgresql = column.not_in(values) if negate else column.in_(values)
+        if _json_ok(col_type):
+            each = func.json_each(bindparam(None, values, type_=_JSONList(col_type)))
+            source = select(each.table_valued("value").c.value)
+            self.sqlite: ColumnElement[bool] = (
+                column.not_in(source) if negate else column.in_(source)
+            )
+        else:
+            self.sqlite = column.not_in(values) if negate else column.in_(values)
+
+
+@compiles(InList)
+def _compile_in_list(element: InList, compiler: Any, **kw: Any) -> str:
+    # MySQL/MariaDB (pymysql, aiomysql, asyncmy) interpolate parameters client-side: an
+    # expanding IN list has no parameter limit there, and MySQL evaluates a constant IN list
+    # with a binary search over the sorted values
+    return str(compiler.process(element.generic, **kw))
+
+
+@compiles(InList, "postgresql")
+def _compile_in_list_pg(element: InList, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.postgresql, **kw))
+
+
+@compiles(InList, "sqlite")
+def _compile_in_list_sqlite(element: InList, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.sqlite, **kw))
+
+
 _Builder = Callable[[Any, Any], ColumnElement[bool]]
 
 _SIMPLE: dict[str, _Builder] = {
@@ -79,8 +202,8 @@ _SIMPLE: dict[str, _Builder] = {
     "lte": lambda a, v: a <= v,
     "gt": lambda a, v: a > v,
     "gte": lambda a, v: a >= v,
-    "in": lambda a, v: a.in_(v),
-    "not_in": lambda a, v: a.not_in(v),
+    "in": lambda a, v: InList(a, v),
+    "not_in": lambda a, v: InList(a, v, negate=True),
     "is_null": lambda a, v: a.is_(None) if v else a.is_not(None),
     "like": lambda a, v: _like(a, v, lead=True, trail=True, ci=False),
     "ilike": lambda a, v: _like(a, v, lead=True, trail=True, ci=True),

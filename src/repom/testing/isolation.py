@@ -11,7 +11,10 @@
   connection, so the application's own sessions (``repom.session``, ``repom.async_session``,
   ``transaction()``/``@transactional``, repositories, the FastAPI dependencies) run inside the
   test's transaction too.  The default database of the *other* flavour is replaced by a guard
-  that raises :class:`~repom.exceptions.ConfigurationError` instead of writing outside the test.
+  that raises :class:`~repom.exceptions.ConfigurationError` instead of writing outside the test;
+* a guard on that connection: committing the outer transaction, or sending ``COMMIT``,
+  ``ROLLBACK``, ``BEGIN``, ... as raw SQL (:mod:`repom.testing.raw_sql`), raises
+  :class:`~repom.exceptions.IsolationViolation` instead of ending the test's transaction.
 
 Every decision (URL, engine settings, schema plan, session options, what gets bound) is made
 once by the shared base class; the two flavours differ only in the awaits.
@@ -34,8 +37,9 @@ from repom import database as _databases
 from repom.config import RepomConfig, get_config
 from repom.database import AsyncDatabase, Database
 from repom.engine import build_async_engine, build_engine
-from repom.exceptions import ConfigurationError, IllegalTransactionStateError
+from repom.exceptions import ConfigurationError, IsolationViolation
 from repom.models.session import RepomSession
+from repom.testing.raw_sql import transaction_control
 from repom.urls import backend_name, convert_to_async_uri, convert_to_sync_uri, mask_url
 
 if TYPE_CHECKING:
@@ -149,11 +153,48 @@ def _alembic_upgrade(conn: Connection, cfg: AlembicConfig) -> None:
 def _refuse_outer_commit(conn: Connection) -> None:
     """``commit`` event of test engines: the test's outer transaction never commits."""
     if conn.info.get(_OUTER):
-        raise IllegalTransactionStateError(
+        raise IsolationViolation(
             "the test's outer transaction cannot be committed: it is rolled back after the test "
             "(commit the session instead; with join_transaction_mode='create_savepoint' that "
             "releases a savepoint)"
         )
+
+
+_STARTERS = frozenset({"BEGIN", "START TRANSACTION"})
+
+
+def _raw_control_message(found: str) -> str:
+    if found in _STARTERS:
+        effect = (
+            "would try to open a second one (an error on SQLite, ignored by PostgreSQL, an "
+            "implicit COMMIT on MySQL)"
+        )
+    else:
+        effect = "would end it, and the test's writes would escape into the next test"
+    return (
+        f"{found} sent as raw SQL is refused in an isolated test: the test runs inside one outer "
+        f"transaction that is rolled back at teardown, and a raw {found} {effect}. Commit or roll "
+        "back through the session or transaction API instead (session.commit(), transaction(), "
+        "a request dependency): inside the test repom turns that into a savepoint release or "
+        "rollback."
+    )
+
+
+def _guard_raw_transaction_control(conn: Connection, outer: Any) -> Callable[[], None]:
+    """Refuse raw transaction control (``COMMIT``, ``ROLLBACK``, ``BEGIN``, ... in SQL text) on the
+    test's connection while *outer* is its transaction; savepoint statements pass.  Returns the
+    undo (the listener lives on this one connection, never on the engine)."""
+
+    def before_cursor_execute(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
+        found = transaction_control(statement)
+        if found is None:
+            return
+        if found in _STARTERS and not outer.is_active:
+            return  # the test ended the outer transaction: SQLAlchemy's own BEGIN (SQLite hook)
+        raise IsolationViolation(_raw_control_message(found))
+
+    event.listen(conn, "before_cursor_execute", before_cursor_execute)
+    return lambda: event.remove(conn, "before_cursor_execute", before_cursor_execute)
 
 
 def _unbound_message(flavour: str, fixture: str) -> str:
@@ -399,6 +440,7 @@ class IsolatedDatabase(_IsolatedBase[Engine, Database]):
         try:
             outer = conn.begin()
             conn.info[_OUTER] = True
+            unguard = _guard_raw_transaction_control(conn, outer)
             session = RepomSession(bind=conn, **self._session_options)
             try:
                 undo = _swap_defaults(self._default, self.guard)
@@ -411,6 +453,7 @@ class IsolatedDatabase(_IsolatedBase[Engine, Database]):
                     undo()
             finally:
                 conn.info.pop(_OUTER, None)
+                unguard()
                 intact = outer.is_active
                 try:
                     if intact:  # first: the session's savepoint goes with it
@@ -470,8 +513,11 @@ class AsyncIsolatedDatabase(_IsolatedBase["AsyncEngine", AsyncDatabase]):
         conn: AsyncConnection = await self.engine.connect()
         try:
             outer = await conn.begin()
-            info = conn.sync_connection.info  # type: ignore[union-attr]
+            sync_conn = conn.sync_connection
+            assert sync_conn is not None
+            info = sync_conn.info
             info[_OUTER] = True
+            unguard = _guard_raw_transaction_control(sync_conn, outer)
             session = AsyncSession(
                 bind=conn, sync_session_class=RepomSession, **self._session_options
             )
@@ -486,6 +532,7 @@ class AsyncIsolatedDatabase(_IsolatedBase["AsyncEngine", AsyncDatabase]):
                     undo()
             finally:
                 info.pop(_OUTER, None)
+                unguard()
                 intact = outer.is_active
                 try:
                     if intact:

@@ -15,6 +15,7 @@ import enum
 import functools
 import inspect
 import logging
+import math
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,6 +29,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm.session import SessionTransactionState
 
 from repom._database import get_async_database, get_database
+from repom.config import milliseconds
 from repom.exceptions import (
     AfterCommitError,
     IllegalTransactionStateError,
@@ -556,9 +558,9 @@ def _begin_sync(sync_session: Session, state: _TxState, opts: _Options) -> None:
                 f"timeout= is supported on PostgreSQL only (this database is {dialect})",
                 option="timeout",
             )
-        _set_local(
-            conn, state, "statement_timeout", str(int(opts.timeout * 1000)), bound_to_connection
-        )
+        # rounded up to whole ms: a positive timeout never becomes 0 ("no timeout")
+        ms = milliseconds(opts.timeout, name="timeout")
+        _set_local(conn, state, "statement_timeout", str(ms), bound_to_connection)
     if opts.synchronous_commit_off and dialect == "postgresql":
         _set_local(conn, state, "synchronous_commit", "off", bound_to_connection)
 
@@ -1045,6 +1047,10 @@ def _refuse_joined_retry(options: _Options, is_async: bool) -> None:
 # --------------------------------------------------------------------------- public factory
 
 
+# PostgreSQL's statement_timeout is a 32-bit count of milliseconds
+_MAX_TIMEOUT = (2**31 - 1) / 1000
+
+
 def _build_options(
     propagation: Propagation | str,
     isolation: IsolationLevel | str | None,
@@ -1074,11 +1080,18 @@ def _build_options(
         raise InvalidTransactionOption(
             f"read_only must be True, False or None, got {read_only!r}", option="read_only"
         )
-    if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise InvalidTransactionOption(
-                f"timeout must be a positive number of seconds, got {timeout!r}", option="timeout"
-            )
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not math.isfinite(timeout)
+        or not 0 < timeout <= _MAX_TIMEOUT
+    ):
+        # nan/inf would fail the ms conversion untyped; 0 or less would mean "no timeout"
+        raise InvalidTransactionOption(
+            f"timeout must be a finite number of seconds, more than 0 and at most "
+            f"{_MAX_TIMEOUT}, got {timeout!r}",
+            option="timeout",
+        )
     for name, flag in (
         ("rollback_on_exception", rollback_on_exception),
         ("commit_on_success", commit_on_success),

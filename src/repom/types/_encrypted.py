@@ -4,10 +4,19 @@ Stored value (binary column)::
 
     0x01 | len(key_id) | key_id (ASCII) | nonce (12 random bytes) | ciphertext | tag (16 bytes)
 
-The header (version, key id) and the column's optional ``associated_data`` are authenticated
-(GCM additional data), so changing any byte, swapping the key id or moving a value to a column
-with other associated data fails with :class:`DecryptionError`.  A :class:`Keyring` encrypts
-with its primary key and decrypts with any of its keys.
+The GCM additional data (authenticated, not stored) is, for values written now (binding
+format 2)::
+
+    header | b"repom:2\0" | "table.column" (UTF-8) | b"\0" | associated_data
+
+so changing any byte, swapping the key id, or moving a value to another column or table (or to a
+column with other ``associated_data``) fails with :class:`DecryptionError`.  The place is learnt
+when the column is attached to its table (``_set_parent`` / ``after_parent_attach``, the hooks
+SQLAlchemy's own ``SchemaType`` types use); an instance shared by two columns is copied, so each
+column has its own.  Values written before binding existed (format 1: additional data
+``header | associated_data``) have the same byte layout; they still decrypt (a value is tried as
+format 2 first, then as format 1), are not bound to a place, and :func:`reencrypt` upgrades them.
+A :class:`Keyring` encrypts with its primary key and decrypts with any of its keys.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 from sqlalchemy import Column, LargeBinary, String, bindparam, select, tuple_, type_coerce
 from sqlalchemy import exc as sa_exc
@@ -29,6 +38,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import QueryableAttribute
 from sqlalchemy.sql import operators
+from sqlalchemy.sql.base import SchemaEventTarget
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator, TypeEngine, to_instance
 
@@ -57,7 +67,8 @@ __all__ = [
 #: environment variable read when an ``EncryptedType`` has no ``key=``
 ENV_VAR = "REPOM_ENCRYPTION_KEYS"
 
-_VERSION = 1
+_VERSION = 1  # the byte layout; the binding format is in the additional data
+_BOUND = b"repom:2\x00"  # binding format 2: additional data names the column's place
 _NONCE_SIZE = 12
 _TAG_SIZE = 16
 _KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -223,6 +234,11 @@ class Keyring:
         return header + nonce + sealed
 
     def decrypt(self, token: bytes, associated_data: bytes = b"") -> bytes:
+        return self._open(token, (associated_data,))[0]
+
+    def _open(self, token: bytes, candidates: tuple[bytes, ...]) -> tuple[bytes, int]:
+        """Decrypt *token* with the first of *candidates* (additional data) that authenticates;
+        returns the plaintext and that candidate's index."""
         from cryptography.exceptions import InvalidTag
 
         key_id, body_start = _parse_header(token)
@@ -234,16 +250,17 @@ class Keyring:
                 key_id=key_id,
             )
         nonce = token[body_start : body_start + _NONCE_SIZE]
-        try:
-            return cipher.decrypt(
-                nonce, token[body_start + _NONCE_SIZE :], token[:body_start] + associated_data
-            )
-        except InvalidTag:
-            raise DecryptionError(
-                "authentication failed: the stored value was modified, or was encrypted with "
-                "other associated data",
-                key_id=key_id,
-            ) from None
+        body, header = token[body_start + _NONCE_SIZE :], token[:body_start]
+        for index, associated_data in enumerate(candidates):
+            try:
+                return cipher.decrypt(nonce, body, header + associated_data), index
+            except InvalidTag:
+                continue
+        raise DecryptionError(
+            "authentication failed: the stored value was modified, or was encrypted for another "
+            "column or table or with other associated data",
+            key_id=key_id,
+        )
 
     @staticmethod
     def key_id_of(token: bytes) -> str:
@@ -337,6 +354,11 @@ class EncryptedType(RepomType, TypeDecorator[Any]):
     Every write uses a fresh random nonce, so equal plaintexts give different ciphertexts: the
     column cannot be searched, compared, sorted meaningfully or indexed; only ``IS NULL`` works
     (other comparisons raise :class:`repom.exceptions.InvalidFilterError`).
+
+    Values are bound to their place, ``"table.column"``, learnt when the column is attached to
+    its table (schema not included); *location* pins another place (the old name after a table
+    or column rename keeps the stored values readable).  A type used outside any column is bound
+    to the empty place.
     """
 
     impl = LargeBinary
@@ -348,11 +370,17 @@ class EncryptedType(RepomType, TypeDecorator[Any]):
         key: KeySource = None,
         *,
         associated_data: str | None = None,
+        location: str | None = None,
     ) -> None:
         super().__init__()
+        if associated_data is not None and "\x00" in associated_data:
+            raise ConfigurationError("EncryptedType: associated_data must not contain NUL")
         self.inner_type: TypeEngine[Any] = to_instance(inner_type)
         self.associated_data = associated_data
+        self.location = location
         self._aad = associated_data.encode("utf-8") if associated_data else b""
+        self._column: Column[Any] | None = None
+        self._bind_place(location or "")
         # ``key`` takes part in SQLAlchemy's statement cache key (it changes what the type
         # does), so it is kept hashable; it is never part of repr() or migrations
         if isinstance(key, Mapping):
@@ -365,6 +393,46 @@ class EncryptedType(RepomType, TypeDecorator[Any]):
     @property
     def python_type(self) -> type[Any]:
         return self.inner_type.python_type
+
+    @property
+    def place(self) -> str:
+        """The place values are bound to: ``"table.column"``, *location*, or ``""``."""
+        return self._place
+
+    def _bind_place(self, place: str) -> None:
+        self._place = place
+        self._bound_aad = _BOUND + place.encode("utf-8") + b"\x00" + self._aad
+
+    # -- binding to the column: SQLAlchemy calls _set_parent when the type is given to a
+    # Column (also for each copy the ORM makes for mixins and Table.to_metadata), and the
+    # column announces its table through after_parent_attach.
+
+    def _set_parent(self, parent: SchemaEventTarget, outer: bool = False, **kw: Any) -> None:
+        if isinstance(parent, Column) and self._column is not None and self._column is not parent:
+            # one instance given to two columns: the second column gets its own copy
+            clone = self.copy()
+            parent.type = clone
+            clone._set_parent(parent, outer=outer, **kw)
+            return
+        super()._set_parent(parent, outer=outer, **kw)
+        if isinstance(parent, Column):
+            self._column = parent
+            parent._on_table_attach(self._attach_table)
+
+    def _attach_table(self, column: Column[Any], table: Any) -> None:
+        if self.location is None and column is self._column:
+            self._bind_place(f"{table.name}.{column.name}")
+
+    def copy(self, **kw: Any) -> Self:
+        clone = super().copy(**kw)
+        clone._column = None  # free to be attached to another column
+        return clone
+
+    @property
+    def _static_cache_key(self) -> Any:
+        # the place changes what the bind/result processors do, so it is part of the key
+        key = super()._static_cache_key
+        return key if not isinstance(key, tuple) else (*key, ("_place", self._place))
 
     def keyring(self) -> Keyring:
         """The keyring in use now (resolved from ``key=`` or the environment)."""
@@ -383,13 +451,18 @@ class EncryptedType(RepomType, TypeDecorator[Any]):
         coerced = self._codec.coerce(value)
         if coerced is None:
             return None
-        return self.keyring().encrypt(self._codec.to_bytes(coerced), self._aad)
+        return self.keyring().encrypt(self._codec.to_bytes(coerced), self._bound_aad)
 
     def decrypt_value(self, token: bytes | None) -> Any:
         if token is None:
             return None
-        plaintext = self.keyring().decrypt(bytes(token), self._aad)
+        plaintext, _ = self._open(self.keyring(), bytes(token))
         return self._codec.from_bytes(plaintext)
+
+    def _open(self, keyring: Keyring, token: bytes) -> tuple[bytes, bool]:
+        """The plaintext, and whether *token* is an unbound format-1 value."""
+        plaintext, index = keyring._open(token, (self._bound_aad, self._aad))
+        return plaintext, index == 1
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
         return self.encrypt_value(value)
@@ -416,6 +489,8 @@ class EncryptedType(RepomType, TypeDecorator[Any]):
         args = [render_type(self.inner_type, autogen_context)]
         if self.associated_data:
             args.append(f"associated_data={self.associated_data!r}")
+        if self.location is not None:
+            args.append(f"location={self.location!r}")
         return f"EncryptedType({', '.join(args)})"
 
 
@@ -464,8 +539,10 @@ def reencrypt(
     """Re-encrypt every value of an ``EncryptedType`` column with the keyring's primary key.
 
     Rows are read in primary-key order, *batch_size* at a time (keyset pagination, raw bytes,
-    soft-deleted rows included); only values whose key id is not the primary one are decrypted
-    and written back (all values with ``force=True``), one ``executemany`` UPDATE per batch.
+    soft-deleted rows included); every value is decrypted (a value that fails raises
+    :class:`DecryptionError`, nothing is skipped silently) and written back when its key id is
+    not the primary one or it is an unbound format-1 value (all values with ``force=True``),
+    bound to the column's place, one ``executemany`` UPDATE per batch.
     Columns with an ``onupdate`` (``updated_at``) keep their values.  Runs in the session's
     transaction and **does not commit**.  Returns the number of rows rewritten.
     """
@@ -503,11 +580,11 @@ def reencrypt(
         params = []
         for row in rows:
             token = bytes(row[-1])
-            if not force and Keyring.key_id_of(token) == keyring.primary_id:
+            plaintext, unbound = type_._open(keyring, token)
+            if not force and not unbound and Keyring.key_id_of(token) == keyring.primary_id:
                 continue
-            plaintext = keyring.decrypt(token, type_._aad)
             values = {f"rm_pk_{i}": row[i] for i in range(len(pk))}
-            values["rm_value"] = keyring.encrypt(plaintext, type_._aad)
+            values["rm_value"] = keyring.encrypt(plaintext, type_._bound_aad)
             params.append(values)
         if params:
             session.execute(upd, params)
