@@ -16,12 +16,14 @@ back inside the test's outer transaction (see :mod:`repom.testing`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, MetaData, text
 from sqlalchemy.engine import URL
@@ -30,7 +32,8 @@ from sqlalchemy.pool import NullPool
 
 from repom.config import RepomConfig, get_config, on_config_change
 from repom.engine import build_async_engine, build_engine
-from repom.exceptions import TransactionError, translate
+from repom.exceptions import ConfigurationError, TransactionError, translate
+from repom.monitoring._stats import count_replica_skip
 from repom.urls import convert_to_async_uri, is_async_url, mask_url
 
 if TYPE_CHECKING:
@@ -40,6 +43,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncDatabase",
     "Database",
+    "Replica",
+    "ReplicaStatus",
     "get_async_database",
     "get_database",
     "reset_default_databases",
@@ -49,6 +54,80 @@ __all__ = [
 
 E = TypeVar("E")
 C = TypeVar("C")
+
+
+_replica_logger = logging.getLogger("repom.replicas")
+
+
+@dataclass
+class Replica:
+    """One read replica: its engine, and whether it may be used right now.
+
+    A replica that is down, lags too far behind, or is no longer in recovery (it was promoted) is
+    skipped for :attr:`RETRY_AFTER` seconds, then tried again; every skip is logged and counted
+    (``repom.monitoring.replica_skip_counts()``, Prometheus ``repom_replica_skips_total``)."""
+
+    RETRY_AFTER: ClassVar[float] = 5.0
+
+    engine: Any
+    name: str
+    probe: Any = None  # a pool-less engine for health checks
+    down_until: float = 0.0
+    lag_checked_at: float = -1e9
+    lag: float | None = None
+
+    @classmethod
+    def of(cls, engine: Any) -> Replica:
+        url = getattr(engine, "url", None)
+        name = f"{url.host or 'local'}:{url.port or 5432}" if url is not None else "replica"
+        return cls(engine=engine, name=name)
+
+    def usable(self, now: float | None = None) -> bool:
+        return (time.monotonic() if now is None else now) >= self.down_until
+
+    def skip(self, database: str, reason: str, *, mark_down: bool, detail: str = "") -> None:
+        """Record that a transaction did not use this replica (*reason*)."""
+        if mark_down:
+            self.down_until = time.monotonic() + self.RETRY_AFTER
+        count_replica_skip(database, self.name, reason)
+        log = _replica_logger.warning if mark_down else _replica_logger.debug
+        log(
+            "replica %s of %s skipped (%s)%s; the primary serves the read%s",
+            self.name,
+            database,
+            reason,
+            f": {detail}" if detail else "",
+            f", retried in {self.RETRY_AFTER:.0f}s" if mark_down else "",
+        )
+
+
+_REPLICA_HEALTH = text(
+    "SELECT pg_is_in_recovery(), "
+    "CASE WHEN pg_last_wal_receive_lsn() IS NULL "
+    "OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0 "
+    "ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
+)
+
+
+@dataclass
+class ReplicaStatus:
+    """One replica in a health report."""
+
+    name: str
+    role: str = "replica"  # "replica", or "promoted" when it left recovery
+    latency: float | None = None
+    lag_seconds: float | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_row(cls, replica: Replica, row: Any, latency: float) -> ReplicaStatus:
+        in_recovery, lag = row
+        return cls(
+            replica.name,
+            role="replica" if in_recovery else "promoted",
+            latency=latency,
+            lag_seconds=round(float(lag or 0.0), 3),
+        )
 
 
 class _DatabaseBase(Generic[E, C]):
@@ -63,12 +142,16 @@ class _DatabaseBase(Generic[E, C]):
         config: RepomConfig | None = None,
         engine: E | None = None,
         name: str | None = None,
+        replicas: Sequence[str | URL] | None = None,
         **engine_options: Any,
     ) -> None:
         self._config = config
         self._url = url
         self._name = name
         self._probe: E | None = None
+        self._replica_urls = list(replicas) if replicas is not None else None
+        self._replicas: list[Replica] | None = None
+        self._next_replica = 0
         self._engine: E | None = engine
         self._owns_engine = engine is None
         self._engine_options = engine_options
@@ -117,6 +200,53 @@ class _DatabaseBase(Generic[E, C]):
     def role(self) -> str:
         """``"primary"``: the database writes go to."""
         return "primary"
+
+    # -- read replicas -----------------------------------------------------------------
+
+    @property
+    def replica_urls(self) -> list[str | URL]:
+        """The replicas given to the constructor, else ``RepomConfig.replica_urls``."""
+        if self._replica_urls is not None:
+            return list(self._replica_urls)
+        return list(self.config.replica_urls)
+
+    @property
+    def replicas(self) -> list[Replica]:
+        """The read replicas (engines built on first use; PostgreSQL hot standbys only)."""
+        replicas = self._replicas
+        if replicas is None:
+            urls = self.replica_urls
+            dialect = self.dialect_name if urls else ""
+            with self._lock:
+                if self._replicas is None:
+                    if urls and dialect != "postgresql":
+                        raise ConfigurationError(
+                            f"replicas= is supported on PostgreSQL only (this database is "
+                            f"{self.dialect_name}); remove the replica URLs",
+                            variable="REPOM_REPLICA_URLS",
+                        )
+                    self._replicas = [self._make_replica(url) for url in urls]
+                replicas = self._replicas
+        return replicas
+
+    def _make_replica(self, url: str | URL) -> Replica:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def choose_replica(self) -> Replica | None:
+        """A healthy replica for a new read-only transaction (round robin), or None: no replica,
+        none healthy, or sessions bound to a test's connection (reads then see the test's own
+        uncommitted writes, as they would on the primary)."""
+        if self._bound is not None or not self.replica_urls:
+            return None
+        replicas = self.replicas
+        now = time.monotonic()
+        for offset in range(len(replicas)):
+            index = (self._next_replica + offset) % len(replicas)
+            replica = replicas[index]
+            if replica.usable(now):
+                self._next_replica = index + 1
+                return replica
+        return None
 
     @property
     def host(self) -> str:
@@ -199,6 +329,34 @@ class Database(_DatabaseBase[Engine, Connection]):
         session.info["repom_database"] = self
         return session
 
+    def check_replicas(self) -> list[ReplicaStatus]:
+        """Ping every replica on a connection of its own: role, replication lag, latency."""
+        results = []
+        for replica in self.replicas:
+            if replica.probe is None:
+                replica.probe = build_engine(
+                    replica.engine.url, config=self.config, **self._probe_options()
+                )
+            start = time.perf_counter()
+            try:
+                with replica.probe.connect() as conn:
+                    row = conn.execute(_REPLICA_HEALTH).one()
+                results.append(ReplicaStatus.from_row(replica, row, time.perf_counter() - start))
+            except Exception as exc:
+                results.append(ReplicaStatus(replica.name, error=type(translate(exc)).__name__))
+        return results
+
+    def replica_session(self, replica: Replica) -> Session:
+        """A new session on *replica* (the transaction API uses it for read-only work)."""
+        session = self.session_factory(bind=replica.engine)
+        session.info["repom_database"] = self
+        session.info["repom_replica"] = replica
+        return session
+
+    def _make_replica(self, url: str | URL) -> Replica:
+        engine = build_engine(url, config=self.config, **self._engine_options)
+        return Replica.of(engine)
+
     def ping(self, *, bypass_pool: bool = False) -> float:
         """Run ``SELECT 1``; return the round trip in seconds, raise a typed error on failure.
 
@@ -253,6 +411,11 @@ class Database(_DatabaseBase[Engine, Connection]):
         if self._probe is not None:
             self._probe.dispose()
             self._probe = None
+        for replica in self._replicas or ():
+            replica.engine.dispose()
+            if replica.probe is not None:
+                replica.probe.dispose()
+                replica.probe = None
         if self._owns_engine:
             self._engine = None
             self.__dict__.pop("_factory", None)
@@ -297,6 +460,38 @@ class AsyncDatabase(_DatabaseBase["AsyncEngine", "AsyncConnection"]):
         session = self.session_factory(**kwargs)
         session.sync_session.info["repom_database"] = self
         return session
+
+    async def check_replicas(self) -> list[ReplicaStatus]:
+        """Ping every replica on a connection of its own: role, replication lag, latency."""
+        results = []
+        for replica in self.replicas:
+            if replica.probe is None:
+                replica.probe = build_async_engine(
+                    replica.engine.url, config=self.config, **self._probe_options()
+                )
+            start = time.perf_counter()
+            try:
+                async with replica.probe.connect() as conn:
+                    row = (await conn.execute(_REPLICA_HEALTH)).one()
+                results.append(ReplicaStatus.from_row(replica, row, time.perf_counter() - start))
+            except Exception as exc:
+                results.append(ReplicaStatus(replica.name, error=type(translate(exc)).__name__))
+        return results
+
+    def replica_session(self, replica: Replica) -> AsyncSession:
+        """A new ``AsyncSession`` on *replica*."""
+        session = self.session_factory(bind=replica.engine)
+        session.sync_session.info["repom_database"] = self
+        session.sync_session.info["repom_replica"] = replica
+        return session
+
+    def _make_replica(self, url: str | URL) -> Replica:
+        if isinstance(url, URL):
+            url = url.render_as_string(hide_password=False)
+        if not is_async_url(url):
+            url = convert_to_async_uri(url)
+        engine = build_async_engine(url, config=self.config, **self._engine_options)
+        return Replica.of(engine)
 
     async def ping(self, *, bypass_pool: bool = False) -> float:
         start = time.perf_counter()
@@ -347,6 +542,11 @@ class AsyncDatabase(_DatabaseBase["AsyncEngine", "AsyncConnection"]):
         if self._probe is not None:
             await self._probe.dispose()
             self._probe = None
+        for replica in self._replicas or ():
+            await replica.engine.dispose()
+            if replica.probe is not None:
+                await replica.probe.dispose()
+                replica.probe = None
         if self._owns_engine:
             self._engine = None
             self.__dict__.pop("_factory", None)

@@ -18,10 +18,10 @@ import inspect
 import math
 import threading
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from repom.exceptions import ConfigurationError
 
@@ -118,6 +118,24 @@ class RepomConfig(BaseSettings):
         "(REPOM_POOLER=pgbouncer): no startup options, no server-side named prepared "
         "statements, statement_timeout per transaction, migration locks per transaction.",
     )
+    replica_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Read replicas (PostgreSQL hot standbys): read-only transactions go to one "
+        "of them. Environment: REPOM_REPLICA_URLS='url1,url2'.",
+    )
+    replica_max_lag: float = Field(
+        default=5.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="A replica whose replay is further behind than this (seconds) is skipped.",
+    )
+    replica_wait: float = Field(
+        default=0.5,
+        ge=0,
+        allow_inf_nan=False,
+        description="Read-your-writes: how long a read may wait for a replica to replay the "
+        "context's last commit before it goes to the primary instead (seconds).",
+    )
     cursor_secret: SecretStr | None = Field(
         default=None,
         description="Secret that signs keyset-pagination cursors; every process of a service "
@@ -141,6 +159,15 @@ class RepomConfig(BaseSettings):
         else:
             return
         raise error
+
+    @field_validator("replica_urls", mode="before")
+    @classmethod
+    def _split_replica_urls(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("pooler", mode="before")
     @classmethod
@@ -219,6 +246,8 @@ class RepomConfig(BaseSettings):
         for name, value in super().__repr_args__():
             if name in {"database_url", "async_database_url"} and isinstance(value, str):
                 yield name, mask_url(value)
+            elif name == "replica_urls" and isinstance(value, list):
+                yield name, [mask_url(url) for url in value]
             else:
                 yield name, value
 

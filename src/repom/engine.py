@@ -271,6 +271,8 @@ def _install_postgresql(engine: Engine, config: RepomConfig, driver: str) -> Non
     settings = _pg_options(config)
     app_name = config.application_name
     _translate_connect_errors(engine)
+    if driver == "asyncpg":
+        event.listen(engine, "do_connect", _asyncpg_connect_timeout)
     if config.pooler is not None:
         _install_pooler(engine, settings, app_name, driver)
         return
@@ -288,6 +290,20 @@ def _install_postgresql(engine: Engine, config: RepomConfig, driver: str) -> Non
             existing = cparams.get("options")
             cparams["options"] = f"{existing} {opts}" if existing else opts
             cparams.setdefault("application_name", app_name)
+
+
+def _asyncpg_connect_timeout(
+    dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]
+) -> None:
+    """libpq's ``connect_timeout`` URL parameter, for asyncpg: its ``timeout`` argument.
+
+    One URL then bounds connecting on both drivers (``?connect_timeout=2``); without this,
+    SQLAlchemy hands ``connect_timeout`` to ``asyncpg.connect``, which does not know it.  With
+    several hosts, libpq applies it to each host and asyncpg to the whole attempt.
+    """
+    value = cparams.pop("connect_timeout", None)
+    if value is not None and "timeout" not in cparams:
+        cparams["timeout"] = float(value)
 
 
 def _install_pooler(engine: Engine, settings: dict[str, str], app_name: str, driver: str) -> None:
@@ -369,7 +385,25 @@ def _resolve(config: RepomConfig | None, url: str | URL | None, is_async: bool) 
         # plain postgresql:// means psycopg 3 (the driver of repom[postgres]), whatever
         # SQLAlchemy's own default is in the installed version
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername == "postgresql+asyncpg":
+        parsed = _complete_asyncpg_hosts(parsed)
     return config, parsed
+
+
+def _complete_asyncpg_hosts(parsed: URL) -> URL:
+    """Give every host of a multi-host URL a port, for asyncpg.
+
+    SQLAlchemy's asyncpg dialect refuses ``?host=h1&host=h2:5433`` ("All ports are required"),
+    which libpq (psycopg) reads with the default port for ``h1``.  A host without a port gets
+    5432 here, so one URL works on both drivers.
+    """
+    hosts = parsed.query.get("host")
+    if not isinstance(hosts, tuple) or "port" in parsed.query:
+        return parsed
+    completed = tuple(token if ":" in token else f"{token}:5432" for token in hosts)
+    if completed == hosts:
+        return parsed
+    return parsed.update_query_dict({"host": list(completed)})
 
 
 def build_engine(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -16,6 +17,7 @@ __all__ = [
     "is_async_url",
     "is_memory_sqlite",
     "mask_url",
+    "normalize_multihost",
     "url_secrets",
     "validate_url",
 ]
@@ -59,6 +61,51 @@ _TO_SYNC = {
 }
 
 
+# ``scheme://[userinfo@]hosts[/database][?query]``, read the way SQLAlchemy's own URL parser reads
+# it: the user name holds no ``:``/``/``/``@``, the password runs to the next ``@``.
+_AUTHORITY = re.compile(
+    r"^(?P<userinfo>[^:/@?]*(?::[^@]*)?@)?(?P<hosts>[^/?]*)(?P<tail>[/?].*)?$", re.DOTALL
+)
+_QUERY_HOST = re.compile(r"(?:^|&)host=", re.IGNORECASE)
+
+
+def normalize_multihost(url: str) -> str:
+    """Rewrite libpq's comma-separated multi-host form into SQLAlchemy's query-string form.
+
+    ``postgresql://u@h1:5432,h2:5433/db?target_session_attrs=read-write`` becomes
+    ``postgresql://u@/db?host=h1:5432&host=h2:5433&target_session_attrs=read-write``: the form
+    the psycopg and asyncpg dialects read (``make_url`` cannot parse the comma form: it takes
+    ``5432,h2:5433`` for the port).  The hosts keep their order and their ports (a host written
+    without a port keeps none; see :func:`repom.engine` for asyncpg, which needs one).  Every
+    other URL, the query-string form included, is returned unchanged.  A comma form that also
+    has ``host=`` in its query, or an empty host between commas, raises
+    :class:`ConfigurationError` (a ``ValueError``).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    match = _AUTHORITY.match(rest)
+    if match is None or "," not in match.group("hosts"):
+        return url
+    userinfo = match.group("userinfo") or ""
+    tokens = match.group("hosts").split(",")
+    if not all(tokens):
+        raise ConfigurationError(
+            f"empty host in multi-host database URL {mask_url(url)!r}", variable="DATABASE_URL"
+        )
+    path, _, query = (match.group("tail") or "").partition("?")
+    if _QUERY_HOST.search(query):
+        raise ConfigurationError(
+            f"database URL {mask_url(url)!r} lists hosts both before the path and in 'host=': "
+            "use one form",
+            variable="DATABASE_URL",
+        )
+    # percent escapes in a host (a Unix socket directory) are kept: make_url decodes them
+    hosts = "&".join(f"host={quote(token, safe=':[]%')}" for token in tokens)
+    query = f"{hosts}&{query}" if query else hosts
+    return f"{scheme}://{userinfo}{path or '/'}?{query}"
+
+
 def _split(url: str) -> tuple[str, str]:
     if not isinstance(url, str):
         raise ValueError(f"database URL must be a string, got {type(url).__name__}")
@@ -74,9 +121,11 @@ def convert_to_async_uri(url: str) -> str:
     ``sqlite`` -> ``sqlite+aiosqlite``; ``postgresql``/``postgresql+psycopg*`` ->
     ``postgresql+asyncpg``; ``mysql``/``mysql+pymysql`` -> ``mysql+aiomysql``.  URLs that already
     name an async driver pass through unchanged; anything else raises ``ValueError``.
-    Only the scheme changes: user, password, host, database and query stay as written.
+    Only the scheme changes: user, password, host, database and query stay as written, except
+    that a libpq multi-host URL (``h1:5432,h2:5433``) comes out in SQLAlchemy's form
+    (``?host=h1:5432&host=h2:5433``, see :func:`normalize_multihost`).
     """
-    scheme, rest = _split(str(url))
+    scheme, rest = _split(normalize_multihost(str(url)))
     if scheme in _ASYNC:
         return f"{scheme}://{rest}"
     target = _TO_ASYNC.get(scheme)
@@ -92,8 +141,9 @@ def convert_to_sync_uri(url: str) -> str:
     """The inverse of :func:`convert_to_async_uri` (used for Alembic and sync engines).
 
     Plain ``postgresql://`` becomes ``postgresql+psycopg://`` (psycopg 3, repom's sync driver).
+    A libpq multi-host URL comes out in SQLAlchemy's form (:func:`normalize_multihost`).
     """
-    scheme, rest = _split(str(url))
+    scheme, rest = _split(normalize_multihost(str(url)))
     target = _TO_SYNC.get(scheme, scheme)
     return f"{target}://{rest}"
 
@@ -107,14 +157,16 @@ def validate_url(url: str) -> URL:
     """Parse *url*; raise :class:`ConfigurationError` (a ``ValueError``) naming the problem.
 
     The message shows the URL masked, and the parser's own error is not chained (``from None``):
-    it may quote the raw URL, password included.
+    it may quote the raw URL, password included.  A libpq multi-host URL
+    (``postgresql://u@h1:5432,h2:5433/db``) is read in SQLAlchemy's form
+    (:func:`normalize_multihost`).
     """
     if not isinstance(url, str):
         raise ConfigurationError(
             f"database URL must be a string, got {type(url).__name__}", variable="DATABASE_URL"
         )
     try:
-        parsed = make_url(url)
+        parsed = make_url(normalize_multihost(url))
     except (ArgumentError, ValueError) as exc:
         reason = _safe_reason(exc, url)
         raise ConfigurationError(
@@ -140,12 +192,16 @@ def _safe_reason(exc: BaseException, url: str) -> str:
 
 def backend_name(url: str | URL) -> str:
     """``sqlite``, ``postgresql``, ``mysql`` (MariaDB included), ..."""
-    backend = make_url(url).get_backend_name()
+    backend = _parse(url).get_backend_name()
     return "mysql" if backend == "mariadb" else backend
 
 
+def _parse(url: str | URL) -> URL:
+    return make_url(normalize_multihost(url) if isinstance(url, str) else url)
+
+
 def is_memory_sqlite(url: str | URL) -> bool:
-    parsed = make_url(url)
+    parsed = _parse(url)
     if parsed.get_backend_name() != "sqlite":
         return False
     database = parsed.database or ""
@@ -198,7 +254,7 @@ def url_secrets(url: str | URL) -> tuple[str, ...]:
         found.extend(split[2].split("@"))
     if not isinstance(url, URL):
         try:
-            password = make_url(text).password
+            password = make_url(normalize_multihost(text)).password
         except Exception:
             password = None
         if password:

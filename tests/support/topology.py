@@ -118,6 +118,63 @@ class PostgresInstance:
         _wait_for_port(self.port)
         return self
 
+    def standby(self, root: Path, **settings: str) -> PostgresInstance:
+        """A streaming hot standby of this instance (``pg_basebackup -R``), started."""
+        replica = PostgresInstance(root, settings=dict(settings))
+        replica.root.mkdir(parents=True, exist_ok=True)
+        shutil.chown(replica.root, "postgres", "postgres")
+        _as_postgres(
+            [
+                str(PG_BIN / "pg_basebackup"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-D",
+                str(replica.data),
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ]
+        )
+        with (replica.data / "postgresql.conf").open("a") as conf:
+            conf.write(f"port = {replica.port}\n")
+            conf.write(f"unix_socket_directories = '{replica.root}'\n")
+            conf.write("hot_standby = on\n")
+            for key, value in replica.settings.items():
+                conf.write(f"{key} = {value}\n")
+        replica._pg_ctl("start")
+        _wait_for_port(replica.port)
+        return replica
+
+    def _pg_ctl(self, action: str, *extra: str) -> None:
+        _as_postgres(
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.root / "server.log"),
+                "-w",
+                *extra,
+                action,
+            ]
+        )
+
+    def promote(self) -> None:
+        self._pg_ctl("promote")
+
+    def kill(self) -> None:
+        """Stop at once (``-m immediate``): the way a crashed primary disappears."""
+        self._pg_ctl("stop", "-m", "immediate")
+
+    def restart(self) -> None:
+        self._pg_ctl("start")
+        _wait_for_port(self.port)
+
     def stop(self) -> None:
         if self.data.exists():
             try:

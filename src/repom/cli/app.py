@@ -95,6 +95,8 @@ def _print_info(data: dict[str, Any]) -> None:
     if data["async_url"]:
         _line("async url", data["async_url"])
     _line("environment", data["environment"])
+    for replica in data.get("replicas") or []:
+        _line("replica", replica)
     pool = dict(data["pool"])
     pool_text = pool.pop("class") + "".join(f", {key}={value}" for key, value in pool.items())
     _line("pool", pool_text)

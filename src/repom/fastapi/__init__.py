@@ -16,6 +16,7 @@ See ``docs/fastapi.md``.
 """
 
 from repom.fastapi._databases import AppDatabases, databases_in_use, use_databases
+from repom.fastapi.causality import ReadYourWritesMiddleware
 from repom.fastapi.dependencies import (
     AsyncDbSession,
     AsyncReadOnlyDbSession,
@@ -65,6 +66,7 @@ __all__ = [
     "Lifespan",
     "PageParams",
     "ReadOnlyDbSession",
+    "ReadYourWritesMiddleware",
     "async_session_dependency",
     "create_health_router",
     "cursor_params",

@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 
 from repom import exceptions as exc
+from repom.fastapi.causality import ReadYourWritesMiddleware
 
 __all__ = [
     "ErrorMapping",
@@ -179,6 +180,9 @@ def install_exception_handlers(
 
     ``include_names=False`` leaves constraint/table/column names out of 4xx bodies.  ``overrides``
     maps error classes to other :class:`ErrorMapping` values.
+
+    Also installs :class:`~repom.fastapi.causality.ReadYourWritesMiddleware` (a client reads its
+    own writes even from read replicas).
     """
     if retry_after < 0:
         raise ValueError("retry_after must be >= 0")
@@ -196,3 +200,7 @@ def install_exception_handlers(
 
     app.add_exception_handler(exc.RepomError, handle)
     app.add_exception_handler(SQLAlchemyError, handle)
+    if not any(m.cls is ReadYourWritesMiddleware for m in app.user_middleware):
+        # read-your-writes across requests when the database has read replicas (a cookie with
+        # the client's last commit position; nothing is sent while nobody writes)
+        app.add_middleware(ReadYourWritesMiddleware)

@@ -49,6 +49,9 @@ class DatabaseHealth(BaseModel):
     ok: bool
     latency_ms: float | None = None
     error: str | None = Field(default=None, description="Typed error class when the ping failed")
+    lag_seconds: float | None = Field(
+        default=None, description="Replicas: how far replay is behind the primary"
+    )
     pool: dict[str, Any] | None = Field(
         default=None, description="PoolMonitor.status(), only with details=True"
     )
@@ -95,6 +98,41 @@ async def check_database(
     )
 
 
+async def check_replicas(database: AnyDatabase, limit: float) -> list[DatabaseHealth]:
+    """The replicas of *database*: role (``replica``, or ``promoted``), lag and latency.  A
+    replica that is down is reported, but does not make the service unready: reads fall back to
+    the primary."""
+    if not database.replica_urls or database.bound_connection is not None:
+        return []
+    try:
+        with anyio.fail_after(limit):
+            if isinstance(database, AsyncDatabase):
+                statuses = await database.check_replicas()
+            else:
+                statuses = await anyio.to_thread.run_sync(
+                    database.check_replicas, abandon_on_cancel=True
+                )
+    except TimeoutError:
+        statuses = []
+    reports = []
+    for status in statuses:
+        host, _, _port = status.name.rpartition(":")
+        reports.append(
+            DatabaseHealth(
+                name=f"{database.name} replica {status.name}",
+                role=status.role,
+                host=host or status.name,
+                flavour="async" if isinstance(database, AsyncDatabase) else "sync",
+                dialect=database.dialect_name,
+                ok=status.error is None and status.role == "replica",
+                latency_ms=round(status.latency * 1000, 3) if status.latency is not None else None,
+                error=status.error,
+                lag_seconds=status.lag_seconds,
+            )
+        )
+    return reports
+
+
 def _labelled(reports: list[DatabaseHealth]) -> list[DatabaseHealth]:
     """Two databases with the same name get ``#2``, ``#3``... so every entry is distinct."""
     seen: dict[str, int] = {}
@@ -132,10 +170,10 @@ def create_health_router(
 
     async def ready(request: Request, response: Response) -> HealthReport:
         databases = databases_in_use(request.app) or [get_async_database()]
-        reports = _labelled(
-            [await check_database(db, timeout, details=details) for db in databases]
-        )
-        ok = all(report.ok for report in reports)
+        primaries = [await check_database(db, timeout, details=details) for db in databases]
+        ok = all(report.ok for report in primaries)
+        replicas = [entry for db in databases for entry in await check_replicas(db, timeout)]
+        reports = _labelled(primaries + replicas)
         if not ok:
             response.status_code = 503
         return HealthReport(status="ok" if ok else "unavailable", databases=reports)

@@ -189,6 +189,7 @@ class SetupInfo:
     environment: str
     pool: dict[str, Any]
     server_version: str | None = None
+    replicas: list[str] = field(default_factory=list)
     connections: dict[str, Any] | None = None
     connections_text: str | None = None
     connect_error: str | None = None
@@ -248,6 +249,7 @@ def database_info(settings: ProjectSettings, *, config: RepomConfig | None = Non
         async_url=async_url,
         environment=config.environment,
         pool=pool_info,
+        replicas=[mask_url(url) for url in config.replica_urls],
     )
     db_tables: set[str] | None = None
     engine = build_engine(target, config=config, poolclass=pool.NullPool)

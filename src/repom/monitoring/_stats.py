@@ -21,7 +21,9 @@ __all__ = [
     "Histogram",
     "callback_failure_counts",
     "count_callback_failure",
+    "count_replica_skip",
     "count_retry",
+    "replica_skip_counts",
     "retry_counts",
 ]
 
@@ -195,3 +197,21 @@ def callback_failure_counts() -> dict[str, int]:
     """``on_commit`` callbacks that failed since the process started, by callback name."""
     with _retry_lock:
         return dict(_callback_failures)
+
+
+# --------------------------------------------------------------------------- replica skips
+
+_replica_skips: dict[tuple[str, str, str], int] = {}
+
+
+def count_replica_skip(database: str, replica: str, reason: str) -> None:
+    """Count a read that did not use *replica* (down, lagging, behind the context's writes)."""
+    key = (database, replica, reason)
+    with _retry_lock:
+        _replica_skips[key] = _replica_skips.get(key, 0) + 1
+
+
+def replica_skip_counts() -> dict[tuple[str, str, str], int]:
+    """Skipped replica reads since the process started, by (database, replica, reason)."""
+    with _retry_lock:
+        return dict(_replica_skips)

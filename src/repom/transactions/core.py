@@ -18,6 +18,7 @@ import logging
 import math
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -53,14 +54,17 @@ if TYPE_CHECKING:
     from repom._database import AsyncDatabase, Database
 
 __all__ = [
+    "Causality",
     "IsolationLevel",
     "Propagation",
     "Transaction",
+    "causality",
     "current_session",
     "in_transaction",
     "on_commit",
     "transaction",
     "transactional",
+    "use_causality",
 ]
 
 logger = logging.getLogger("repom.transactions")
@@ -135,6 +139,9 @@ class _TxState:
     # settings a scope changed are put back before its "commit"
     restore_settings: dict[str, str] = field(default_factory=dict)
     stands_for_default: bool = False
+    replica: Any = None  # the repom._database.Replica serving this read-only transaction
+    required_lsn: int | None = None  # read-your-writes: the replica must have replayed this
+    commit_lsn: int | None = None  # the primary's WAL position after this transaction committed
     # False once the transaction was committed, rolled back or handed back to its caller: a
     # session whose state is closed is no longer "in a repom scope"
     open: bool = True
@@ -197,6 +204,9 @@ class _Options:
     # a web request's transaction on the application's database: scopes that default to the
     # module default database join it too (see repom.fastapi)
     stands_for_default: bool = False
+    # read replicas: None = a read-only transaction that starts a transaction uses a replica
+    # when the database has one; False = pinned to the primary
+    replica: bool | None = None
 
 
 def _active_scopes() -> tuple[_Scope, ...]:
@@ -542,7 +552,14 @@ def _begin_sync(sync_session: Session, state: _TxState, opts: _Options) -> None:
     needs_connection = needs_connection or opts.synchronous_commit_off
     if not needs_connection:
         return  # lazy: BEGIN goes out with the first statement, nothing extra is sent
-    conn = sync_session.connection(execution_options=exec_opts or None)
+    if state.replica is not None:
+        try:
+            conn = sync_session.connection(execution_options=exec_opts or None)
+        except Exception as exc:
+            raise _ReplicaUnusable("down", str(type(translate(exc)).__name__)) from exc
+        _check_replica(conn, state)
+    else:
+        conn = sync_session.connection(execution_options=exec_opts or None)
     if opts.read_only:
         if dialect == "sqlite":
             conn.exec_driver_sql("PRAGMA query_only=ON")
@@ -566,6 +583,143 @@ def _begin_sync(sync_session: Session, state: _TxState, opts: _Options) -> None:
 
 
 _SET_LOCAL = text("SELECT set_config(:name, :value, true)")
+
+# --------------------------------------------------------------------------- replicas
+
+_REPLICA_STATE = text(
+    "SELECT pg_is_in_recovery(), CAST(pg_last_wal_replay_lsn() AS text), "
+    "CASE WHEN pg_last_wal_receive_lsn() IS NULL "
+    "OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0 "
+    "ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
+)
+_REPLAY_LSN = text("SELECT CAST(pg_last_wal_replay_lsn() AS text), pg_sleep(:pause)")
+_PRIMARY_LSN = text("SELECT CAST(pg_current_wal_lsn() AS text)")
+_LAG_CHECK_EVERY = 1.0  # seconds between lag checks of one replica (reads in between trust it)
+
+
+class _ReplicaUnusable(Exception):
+    """This read-only transaction cannot use its replica; the primary serves it instead."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_lsn(value: str | None) -> int | None:
+    """PostgreSQL's ``X/Y`` WAL position as an integer (None stays None)."""
+    if not value:
+        return None
+    high, _, low = value.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def format_lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def _check_replica(conn: Connection, state: _TxState) -> None:
+    """Is the replica fit for this transaction?  At most one round trip, and only when it is
+    needed: the context wrote before (read-your-writes) or the replica's lag was not checked in
+    the last second.  Raises :class:`_ReplicaUnusable` otherwise."""
+    replica = state.replica
+    database = state.database
+    assert replica is not None and database is not None
+    now = time.monotonic()
+    required = state.required_lsn
+    if required is None and now - replica.lag_checked_at < _LAG_CHECK_EVERY:
+        return
+    config = database.config
+    in_recovery, replayed, lag = conn.execute(_REPLICA_STATE).one()
+    if not in_recovery:
+        raise _ReplicaUnusable("not_a_replica", "the server is not in recovery (promoted?)")
+    replica.lag_checked_at = now
+    replica.lag = float(lag or 0.0)
+    if replica.lag > config.replica_max_lag:
+        raise _ReplicaUnusable("lagging", f"{replica.lag:.1f}s behind")
+    if required is None:
+        return
+    position = parse_lsn(replayed) or 0
+    deadline = now + config.replica_wait
+    while position < required:
+        if time.monotonic() >= deadline:
+            raise _ReplicaUnusable(
+                "behind", f"replayed {replayed}, this context committed {format_lsn(required)}"
+            )
+        # wait on the server (no client-side sleep: async code stays on its event loop)
+        replayed = conn.execute(_REPLAY_LSN, {"pause": 0.005}).one()[0]
+        position = parse_lsn(replayed) or 0
+
+
+def _wrote(sync_session: Session, state: _TxState) -> bool:
+    """Could this transaction have written on a primary that has replicas?"""
+    database = state.database
+    if database is None or state.read_only or state.replica is not None:
+        return False
+    if database.bound_connection is not None or not database.replica_urls:
+        return False
+    transaction = sync_session.get_transaction()
+    return (
+        bool(getattr(transaction, "_connections", None))
+        or bool(sync_session.new)
+        or bool(sync_session.dirty or sync_session.deleted)
+    )
+
+
+def _record_commit_lsn(sync_session: Session, state: _TxState) -> None:
+    """After a write transaction on a database with replicas: the primary's WAL position, which
+    this context's later replica reads must have replayed (one round trip, autocommit)."""
+    try:
+        conn = sync_session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        state.commit_lsn = parse_lsn(conn.execute(_PRIMARY_LSN).scalar())
+        sync_session.rollback()
+    except Exception:  # the commit happened; without a position, reads go to the primary
+        logger.debug("could not read the commit's WAL position", exc_info=True)
+        state.commit_lsn = _UNKNOWN_LSN
+
+
+#: "this context wrote, position unknown": later reads use the primary
+_UNKNOWN_LSN = 1 << 62
+
+
+@dataclass
+class Causality:
+    """What one context (a thread, a task and the tasks it starts, a client's requests over
+    HTTP) has committed: per database name, the primary's WAL position after the commit.
+    Read-only transactions use a replica only once it has replayed that position."""
+
+    lsn: dict[str, int] = field(default_factory=dict)
+    changed: bool = False
+
+    def note(self, database: str, lsn: int) -> None:
+        if lsn > self.lsn.get(database, 0):
+            self.lsn[database] = lsn
+            self.changed = True
+
+
+_causality: ContextVar[Causality | None] = ContextVar("repom_causality", default=None)
+
+
+def causality() -> Causality:
+    """This context's :class:`Causality` (created on first use)."""
+    holder = _causality.get()
+    if holder is None:
+        holder = Causality()
+        _causality.set(holder)
+    return holder
+
+
+def use_causality(holder: Causality) -> Any:
+    """Make *holder* this context's causality (a web request restoring its client's position);
+    returns a token for ``_causality.reset``."""
+    return _causality.set(holder)
+
+
+def _required_lsn(database: Any) -> int | None:
+    holder = _causality.get()
+    if holder is None:
+        return None
+    return holder.lsn.get(database.name)
 
 
 def _set_local(conn: Connection, state: _TxState, name: str, value: str, bound: bool) -> None:
@@ -723,7 +877,10 @@ def _exit_sync(
         _restore_settings(sync_session, state)
         sync_session.flush()  # a failing flush is a definite failure, not an unknown commit
         committing = True
+        wrote = _wrote(sync_session, state)
         sync_session.commit()
+        if wrote:
+            _record_commit_lsn(sync_session, state)
     except BaseException as exc:
         try:
             _rollback_and_close(sync_session, state, close=scope.owns_session)
@@ -800,7 +957,13 @@ class Transaction:
             scope.owns_session = False
         else:
             assert database is not None
-            session = database.session()
+            replica = None
+            if kind == "begin" and opts.read_only and opts.replica is not False:
+                replica = database.choose_replica()
+            if replica is not None:
+                session = database.replica_session(replica)
+            else:
+                session = database.session()
             scope.owns_session = True
         sync = _sync_of(session)
         if kind == "none":
@@ -816,18 +979,31 @@ class Transaction:
             owner=_owner_token(is_async),
             stands_for_default=opts.stands_for_default,
         )
+        if opts.session is None and scope.owns_session:
+            scope.state.replica = sync.info.get("repom_replica")
+            if scope.state.replica is not None:
+                scope.state.required_lsn = _required_lsn(database)
         return scope, sync
-        scope.state = _TxState(
-            database=database,
-            session=session,
-            sync_session=sync,
-            is_async=is_async,
-            isolation=opts.isolation,
-            read_only=bool(opts.read_only),
-            owner=_owner_token(is_async),
-            stands_for_default=opts.stands_for_default,
+
+    def _on_primary(self) -> Transaction:
+        """The same transaction pinned to the primary (a replica could not serve it)."""
+        return Transaction(replace(self._options, replica=False))
+
+    def _skip_replica(self, scope: _Scope, error: _ReplicaUnusable) -> None:
+        state = scope.state
+        assert state is not None and state.replica is not None and state.database is not None
+        state.replica.skip(
+            state.database.name,
+            error.reason,
+            mark_down=error.reason != "behind",
+            detail=error.detail,
         )
-        return scope, sync
+
+    @staticmethod
+    def _note_commit(scope: _Scope) -> None:
+        state = scope.state
+        if state is not None and state.commit_lsn is not None and state.database is not None:
+            causality().note(state.database.name, state.commit_lsn)
 
     @staticmethod
     def _push(scope: _Scope) -> None:
@@ -845,6 +1021,12 @@ class Transaction:
         scope, sync = self._new_scope(False)
         try:
             _enter_sync(sync, scope)
+        except _ReplicaUnusable as unusable:
+            self._skip_replica(scope, unusable)
+            primary = self._on_primary()
+            session = primary.__enter__()
+            self._entered().append(primary._take_entered())
+            return session
         except Exception as exc:
             _raise_translated(exc)
             raise
@@ -858,6 +1040,7 @@ class Transaction:
             callbacks = _exit_sync(scope.sync_session, scope, exc)
         finally:
             self._pop(scope)
+        self._note_commit(scope)
         _raise_translated(exc)
         if callbacks:
             _run_callbacks_sync(callbacks)
@@ -894,6 +1077,13 @@ class Transaction:
             async_session = cast("AsyncSession", scope.state.session)
             try:
                 await async_session.run_sync(_enter_sync, scope)
+            except _ReplicaUnusable as unusable:
+                await _shielded(async_session.close())
+                self._skip_replica(scope, unusable)
+                primary = self._on_primary()
+                session = await primary.__aenter__()
+                self._entered().append(primary._take_entered())
+                return session
             except BaseException as exc:
                 if scope.owns_session and scope.kind == "begin":
                     await _shielded(async_session.close())
@@ -909,6 +1099,7 @@ class Transaction:
             callbacks = await _shielded(_aexit_scope(scope, exc))
         finally:
             self._pop(scope)
+        self._note_commit(scope)
         _raise_translated(exc)
         if callbacks:
             await _run_callbacks_async(callbacks)
@@ -1064,6 +1255,7 @@ def _build_options(
     rollback_on_exception: bool = True,
     commit_on_success: bool = True,
     stands_for_default: bool = False,
+    replica: bool | None = None,
 ) -> _Options:
     if isinstance(propagation, str):
         try:
@@ -1101,6 +1293,14 @@ def _build_options(
             raise InvalidTransactionOption(
                 f"{name} must be True or False, got {flag!r}", option=name
             )
+    if replica is not None and not isinstance(replica, bool):
+        raise InvalidTransactionOption(
+            f"replica must be True, False or None, got {replica!r}", option="replica"
+        )
+    if replica is True and read_only is not True:
+        raise InvalidTransactionOption(
+            "replica=True needs read_only=True: a replica cannot take writes", option="replica"
+        )
     if session is not None and not is_session(session):
         raise InvalidTransactionOption(
             f"session must be a SQLAlchemy Session or AsyncSession, got {type(session).__name__}",
@@ -1109,7 +1309,7 @@ def _build_options(
     policy = None
     if retries is not None:
         if isinstance(retries, RetryPolicy):
-            policy = retries
+            policy = replace(retries, idempotent=True) if idempotent else retries
         elif isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0:
             policy = RetryPolicy(max_retries=retries, idempotent=idempotent)
         else:
@@ -1129,6 +1329,7 @@ def _build_options(
         rollback_on_exception=rollback_on_exception,
         commit_on_success=commit_on_success,
         stands_for_default=stands_for_default,
+        replica=replica,
     )
 
 
@@ -1145,6 +1346,7 @@ def transaction(
     synchronous_commit_off: bool = False,
     rollback_on_exception: bool = True,
     commit_on_success: bool = True,
+    replica: bool | None = None,
 ) -> Transaction:
     """A transaction scope: ``with transaction() as session``, ``async with transaction() as
     session``, or ``@transaction(...)`` on a sync or async function.
@@ -1167,6 +1369,9 @@ def transaction(
       transaction rollback-only: a session passed in stays in its transaction for the caller.
     * ``commit_on_success=False`` -- flush but do not commit: a session passed in stays in its
       transaction for the caller (a session the scope made itself is rolled back when closed).
+    * ``replica`` -- with ``read_only=True``, a transaction that starts on a database with read
+      replicas runs on one of them (the whole transaction: one snapshot), once it has replayed
+      what this context committed; ``replica=False`` pins it to the primary.
     """
     return Transaction(
         _build_options(
@@ -1181,6 +1386,7 @@ def transaction(
             synchronous_commit_off,
             rollback_on_exception,
             commit_on_success,
+            replica=replica,
         )
     )
 
@@ -1201,6 +1407,7 @@ def transactional(
     database: Database | AsyncDatabase | None = ...,
     rollback_on_exception: bool = ...,
     commit_on_success: bool = ...,
+    replica: bool | None = ...,
 ) -> Callable[[F], F]: ...
 
 
@@ -1217,6 +1424,7 @@ def transactional(
     database: Database | AsyncDatabase | None = None,
     rollback_on_exception: bool = True,
     commit_on_success: bool = True,
+    replica: bool | None = None,
 ) -> Any:
     """Decorator form of :func:`transaction` (``@transactional`` or ``@transactional(...)``).
 
@@ -1235,6 +1443,7 @@ def transactional(
         database=database,
         rollback_on_exception=rollback_on_exception,
         commit_on_success=commit_on_success,
+        replica=replica,
     )
     if func is not None:
         return tx(func)

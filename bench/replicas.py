@@ -1,0 +1,636 @@
+"""Read replicas: read throughput with 0, 1 and 2 hot standbys, and the cost of read-your-writes.
+
+The benchmark starts its own PostgreSQL 15 primary and TWO streaming hot standbys of it
+(``pg_basebackup -R``, ``hot_standby = on``) on free loopback ports, as the ``postgres`` OS user,
+and tears all three down at the end (see ``tests/support/topology.py``).  Two standbys, so that
+repom's round robin across healthy replicas is measured beside a single replica, and so that
+hand-written round robin has more than one replica to spread over.  The table
+(``bench_replica_items``, 10,000 rows) is created and filled before the standbys are copied, so
+every server holds the same rows from the start.
+
+The load: 32 asyncio tasks in all, asyncpg, spread over ``--procs`` client processes (default 2)
+so that one Python interpreter's GIL is not the ceiling.  Every engine has a pool as large as its
+process's task count (no overflow), so no task ever waits for a pooled connection; apart from
+that, repom runs with its default configuration (``pool_pre_ping=True``,
+``replica_wait=0.5``, ``replica_max_lag=5``).  Variants run interleaved, round by round, in a
+rotating order, on the same rows.  For every batch the machine's CPU is sampled from ``/proc``:
+the client processes, each PostgreSQL server (postmaster and its children) and idle, as shares
+of the whole machine.  On a machine with few cores every server shares the same CPUs with the
+clients, so more replicas cannot add capacity there; the table says so when it is the case.
+
+1. **Read throughput.**  A read-only transaction = a ``SELECT`` by primary key and a range
+   ``SELECT`` of 10 rows.  repom ``transaction(database=db, read_only=True)`` on an
+   ``AsyncDatabase`` with 0, 1 and 2 replicas; raw SQLAlchemy (``BEGIN READ ONLY`` through
+   ``postgresql_readonly``) on the primary, on one standby, round robin over the two standbys and
+   round robin over the primary and both standbys (by hand, no causality);
+   advanced-alchemy's session maker on the primary.
+2. **Read-your-writes.**  Each task loops over (write transaction: ``UPDATE ... RETURNING`` of
+   a row of its own; then a read-only transaction reading that row back): repom with 1 replica
+   (read-your-writes: the write reads ``pg_current_wal_lsn()`` after ``COMMIT``, the read checks
+   the replica's replay position first), the same with ``replica=False`` (the write still reads
+   its WAL position, the read goes to the primary), repom without replicas, raw SQLAlchemy and
+   advanced-alchemy on the primary, and raw SQLAlchemy writing to the primary and reading from
+   the standby without any causality (the reads it got back stale are counted).  Then, read-only
+   loops on repom with 1 replica: in a context that has not written (the replica's lag is
+   checked at most once a second) against one that committed a write beforehand (every read
+   checks the replay position: one more round trip), with raw SQLAlchemy on the standby beside.
+
+Reported: medians over the rounds; ratios are the median over rounds of the per-round ratio, so
+slow drifts of a shared machine cancel out.
+
+Run: ``python -m bench.replicas [--rounds N] [--transactions N] [--procs N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from repom.config import RepomConfig
+from repom.database import AsyncDatabase
+from repom.transactions import Causality, transaction, use_causality
+from tests.support.topology import (  # the servers the topology tests use
+    PostgresInstance,
+    make_root,
+    topology_available,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TASKS = 32
+ROWS = 10_000
+RANGE = 10
+SERVERS = ("primary", "standby 1", "standby 2")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "bench_replica_items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    value: Mapped[int]
+    name: Mapped[str]
+
+
+items = Item.__table__
+
+
+def _get(key: int) -> Any:
+    return select(items.c.value).where(items.c.id == key)
+
+
+def _range(key: int) -> Any:
+    top = min(key, ROWS - RANGE + 1)
+    return select(items.c.id, items.c.value).where(items.c.id >= top, items.c.id < top + RANGE)
+
+
+def _bump(key: int) -> Any:
+    return update(items).where(items.c.id == key).values(value=items.c.value + 1)
+
+
+# Sections: variant names, in the order of the tables.  The client processes build the callables.
+READS = [
+    "repom, 0 replicas (primary)",
+    "repom, 1 replica",
+    "repom, 2 replicas",
+    "SQLAlchemy, primary",
+    "SQLAlchemy, standby 1",
+    "SQLAlchemy, round robin 2 standbys",
+    "SQLAlchemy, round robin primary + 2 standbys",
+    "advanced-alchemy, primary",
+]
+PAIRS = [
+    "repom, 1 replica, read-your-writes",
+    "repom, 1 replica, reads replica=False",
+    "repom, no replicas",
+    "SQLAlchemy, primary",
+    "SQLAlchemy, write primary, read standby (no causality)",
+    "advanced-alchemy, primary",
+]
+AFTER = [
+    "repom, 1 replica, context never wrote",
+    "repom, 1 replica, context wrote before",
+    "SQLAlchemy, standby 1",
+]
+
+
+# --------------------------------------------------------------------------- client processes
+
+
+@dataclass
+class Work:
+    """What one task does in a batch: an optional untimed setup, then *per_task* operations."""
+
+    body: Callable[[int, int, dict[str, int]], Awaitable[None]]
+    setup: Callable[[int], Awaitable[None]] | None = None
+
+
+def _key(task: int, n: int) -> int:
+    """Rows are dealt to tasks (task, task + 32, ...), so writers never wait on each other."""
+    return (task + TASKS * ((n * 37 + task * 11) % (ROWS // TASKS))) % ROWS + 1
+
+
+async def _read(session: AsyncSession, key: int) -> int:
+    value = await session.scalar(_get(key))
+    (await session.execute(_range(key))).all()
+    return int(value or 0)
+
+
+async def _sa_read(maker: Any, key: int) -> int:
+    async with maker() as session, session.begin():
+        await session.connection(execution_options={"postgresql_readonly": True})
+        return await _read(session, key)
+
+
+async def _sa_write(maker: Any, key: int) -> int:
+    async with maker() as session, session.begin():
+        return int(await session.scalar(_bump(key).returning(items.c.value)) or 0)
+
+
+def _build(urls: dict[str, str], pool: int) -> tuple[dict[str, Work], list[Any], Any]:
+    config = RepomConfig(pool_size=pool, max_overflow=0)  # otherwise repom's defaults
+    primary, one, two = (urls[name] for name in SERVERS)
+    repom0 = AsyncDatabase(primary, config=config)
+    repom1 = AsyncDatabase(primary, replicas=[one], config=config)
+    repom2 = AsyncDatabase(primary, replicas=[one, two], config=config)
+    engines = {
+        name: create_async_engine(urls[name], pool_size=pool, max_overflow=0) for name in SERVERS
+    }
+    makers = {
+        name: async_sessionmaker(engine, expire_on_commit=False) for name, engine in engines.items()
+    }
+    from advanced_alchemy.config import SQLAlchemyAsyncConfig
+
+    aa = SQLAlchemyAsyncConfig(engine_instance=engines["primary"]).create_session_maker()
+    holders: dict[int, Causality] = {}
+
+    def repom_reads(db: AsyncDatabase, context: dict[int, Causality] | None = None) -> Work:
+        async def body(task: int, per_task: int, stats: dict[str, int]) -> None:
+            # this task's own context: the one its setup wrote in, else a fresh one (no writes)
+            found = None if context is None else context.get(task)
+            use_causality(found if found is not None else Causality())
+            for n in range(per_task):
+                async with transaction(database=db, read_only=True) as session:
+                    await _read(session, _key(task, n))
+                    stats["replica"] += "repom_replica" in session.sync_session.info
+            stats["reads"] += per_task
+
+        return Work(body)
+
+    def sa_reads(*names: str, maker: Any = None) -> Work:
+        chosen = [makers[name] for name in names] if maker is None else [maker]
+        turn = [0]
+
+        async def body(task: int, per_task: int, stats: dict[str, int]) -> None:
+            for n in range(per_task):
+                index = turn[0] % len(chosen)
+                turn[0] += 1
+                await _sa_read(chosen[index], _key(task, n))
+                stats["replica"] += maker is None and names[index] != "primary"
+            stats["reads"] += per_task
+
+        return Work(body)
+
+    def repom_pairs(db: AsyncDatabase, replica: bool | None = None) -> Work:
+        async def body(task: int, per_task: int, stats: dict[str, int]) -> None:
+            use_causality(Causality())  # this task's own read-your-writes context
+            for n in range(per_task):
+                key = _key(task, n)
+                async with transaction(database=db) as session:
+                    wrote = await session.scalar(_bump(key).returning(items.c.value))
+                async with transaction(database=db, read_only=True, replica=replica) as session:
+                    got = await _read(session, key)
+                    stats["replica"] += "repom_replica" in session.sync_session.info
+                stats["stale"] += got < int(wrote or 0)
+            stats["reads"] += per_task
+
+        return Work(body)
+
+    def sa_pairs(write: Any, read: Any, on_replica: bool) -> Work:
+        async def body(task: int, per_task: int, stats: dict[str, int]) -> None:
+            for n in range(per_task):
+                key = _key(task, n)
+                wrote = await _sa_write(write, key)
+                got = await _sa_read(read, key)
+                stats["stale"] += got < wrote
+            stats["reads"] += per_task
+            stats["replica"] += per_task if on_replica else 0
+
+        return Work(body)
+
+    async def write_once(task: int) -> None:
+        holder = holders[task] = Causality()
+        use_causality(holder)
+        async with transaction(database=repom1) as session:
+            await session.execute(_bump(_key(task, 0)))
+
+    def after_write() -> Work:
+        return Work(repom_reads(repom1, holders).body, setup=write_once)
+
+    def never_wrote() -> Work:
+        async def setup(task: int) -> None:
+            holders.pop(task, None)
+
+        return Work(repom_reads(repom1, holders).body, setup=setup)
+
+    work = {
+        "reads": {
+            READS[0]: repom_reads(repom0),
+            READS[1]: repom_reads(repom1),
+            READS[2]: repom_reads(repom2),
+            READS[3]: sa_reads("primary"),
+            READS[4]: sa_reads("standby 1"),
+            READS[5]: sa_reads("standby 1", "standby 2"),
+            READS[6]: sa_reads(*SERVERS),
+            READS[7]: sa_reads("primary", maker=aa),
+        },
+        "pairs": {
+            PAIRS[0]: repom_pairs(repom1),
+            PAIRS[1]: repom_pairs(repom1, replica=False),
+            PAIRS[2]: repom_pairs(repom0),
+            PAIRS[3]: sa_pairs(makers["primary"], makers["primary"], False),
+            PAIRS[4]: sa_pairs(makers["primary"], makers["standby 1"], True),
+            PAIRS[5]: sa_pairs(aa, aa, False),
+        },
+        "after": {
+            AFTER[0]: never_wrote(),
+            AFTER[1]: after_write(),
+            AFTER[2]: sa_reads("standby 1"),
+        },
+    }
+    flat = {f"{section}: {name}": w for section, ws in work.items() for name, w in ws.items()}
+    closers = [repom0.dispose, repom1.dispose, repom2.dispose]
+    closers += [engine.dispose for engine in engines.values()]
+    return flat, closers, repom1
+
+
+def _count_polls(db: AsyncDatabase) -> tuple[dict[str, int], Callable[[], None]]:
+    """Diagnostics only (never during timed batches): statements repom sends to the replica."""
+    counts = {"checks": 0, "polls": 0}
+    engine = db.replicas[0].engine.sync_engine
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "pg_sleep" in statement:
+            counts["polls"] += 1
+        elif "pg_is_in_recovery" in statement:
+            counts["checks"] += 1
+
+    event.listen(engine, "before_cursor_execute", seen)
+    return counts, lambda: event.remove(engine, "before_cursor_execute", seen)
+
+
+async def _client_loop(conn: Any, urls: dict[str, str], tasks: list[int]) -> None:
+    work, closers, ryw_db = _build(urls, len(tasks))
+    conn.send("ready")
+    while True:
+        message = conn.recv()
+        if message is None:
+            break
+        name, per_task, diagnose = message
+        chosen = work[name]
+        stats = {"reads": 0, "replica": 0, "stale": 0}
+        if chosen.setup is not None:
+            await asyncio.gather(*(chosen.setup(t) for t in tasks))
+        counts, stop = _count_polls(ryw_db) if diagnose else ({}, None)
+        cpu = time.process_time()
+        start = time.perf_counter()
+        await asyncio.gather(*(chosen.body(t, per_task, stats) for t in tasks))
+        wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+        if stop is not None:
+            stop()
+        conn.send((wall, cpu, stats | counts))
+    for close in closers:
+        await close()
+    conn.send("closed")
+
+
+def client(conn: Any, urls: dict[str, str], tasks: list[int]) -> None:
+    """Entry point of one client process (spawned): runs what the parent sends."""
+    asyncio.run(_client_loop(conn, urls, tasks))
+
+
+# --------------------------------------------------------------------------- CPU accounting
+
+
+def _on_cpu(pid: int) -> tuple[int, float]:
+    """(parent pid, seconds on a CPU) of *pid* (scheduler clock, ns precision); (0, 0.0) when it
+    is gone.  PostgreSQL processes are single-threaded, so the main thread is the process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+        ran = Path(f"/proc/{pid}/schedstat").read_text().split()[0]
+    except OSError:
+        return 0, 0.0
+    return int(raw[raw.rindex(")") + 2 :].split()[1]), int(ran) / 1e9
+
+
+def _server_cpu(postmasters: dict[str, int]) -> dict[str, float]:
+    """CPU seconds of every server so far: its postmaster and the postmaster's children
+    (backends, walsender, walreceiver, startup/replay, checkpointer, ...)."""
+    totals = {name: _on_cpu(pid)[1] for name, pid in postmasters.items()}
+    owner = {pid: name for name, pid in postmasters.items()}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            ppid, seconds = _on_cpu(int(entry))
+            if ppid in owner:
+                totals[owner[ppid]] += seconds
+    return totals
+
+
+def _machine() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    total = sum(values[:8])
+    return total - idle, total
+
+
+@dataclass
+class Batch:
+    wall: float
+    rate: float
+    shares: dict[str, float]  # share of the machine's CPU: clients, each server, other, idle
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+class Clients:
+    """The client processes; each runs its share of the 32 tasks for every batch."""
+
+    def __init__(self, urls: dict[str, str], procs: int, postmasters: dict[str, int]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.postmasters = postmasters
+        self.pipes: list[Any] = []
+        self.processes: list[Any] = []
+        for index in range(procs):
+            ours, theirs = context.Pipe()
+            tasks = list(range(index, TASKS, procs))
+            process = context.Process(target=client, args=(theirs, urls, tasks), daemon=True)
+            process.start()
+            self.pipes.append(ours)
+            self.processes.append(process)
+        for pipe in self.pipes:
+            if pipe.recv() != "ready":
+                raise RuntimeError("a client process did not start")
+
+    def run(self, name: str, operations: int, diagnose: bool = False) -> Batch:
+        per_task = max(1, operations // TASKS)
+        servers = _server_cpu(self.postmasters)
+        busy, total = _machine()
+        began = time.perf_counter()
+        for pipe in self.pipes:
+            pipe.send((name, per_task, diagnose))
+        answers = [pipe.recv() for pipe in self.pipes]
+        capacity = (time.perf_counter() - began) * (os.cpu_count() or 1)  # CPU-seconds
+        busy_after, total_after = _machine()
+        servers_after = _server_cpu(self.postmasters)
+        wall = max(answer[0] for answer in answers)
+        shares = {"clients": sum(answer[1] for answer in answers) / capacity}
+        for server in self.postmasters:
+            shares[server] = (servers_after[server] - servers[server]) / capacity
+        used = (busy_after - busy) / ((total_after - total) or 1)
+        shares["other"] = max(0.0, used - sum(shares.values()))
+        shares["idle"] = 1 - used
+        stats: dict[str, int] = {}
+        for answer in answers:
+            for key, value in answer[2].items():
+                stats[key] = stats.get(key, 0) + value
+        return Batch(wall, per_task * TASKS / wall, shares, stats)
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            pipe.send(None)
+        for pipe, process in zip(self.pipes, self.processes, strict=True):
+            try:
+                pipe.recv()
+            except EOFError:
+                pass
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _ratios(batches: dict[str, list[Batch]], base: str) -> dict[str, float]:
+    return {
+        name: statistics.median(b.rate / o.rate for b, o in zip(values, batches[base], strict=True))
+        for name, values in batches.items()
+    }
+
+
+def _shares(values: list[Batch]) -> str:
+    keys = ["clients", *SERVERS, "other", "idle"]
+    return " | ".join(f"{statistics.median(b.shares[k] for b in values):.0%}" for k in keys)
+
+
+def measure(clients: Clients, rounds: int, n: int) -> str:
+    pairs_n = max(TASKS, n // 2)
+    for section, names, count in (("reads", READS, n), ("pairs", PAIRS, pairs_n)):
+        for name in names:  # warm every pool (and every replica's first lag check)
+            clients.run(f"{section}: {name}", min(count, TASKS * 4))
+    for name in AFTER:
+        clients.run(f"after: {name}", TASKS * 4)
+    reads: dict[str, list[Batch]] = {name: [] for name in READS}
+    pairs: dict[str, list[Batch]] = {name: [] for name in PAIRS}
+    after: dict[str, list[Batch]] = {name: [] for name in AFTER}
+    for r in range(rounds):  # one round = every variant of every section once
+        for section, into, count in (
+            ("reads", reads, n),
+            ("pairs", pairs, pairs_n),
+            ("after", after, n),
+        ):
+            names = list(into)
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                into[name].append(clients.run(f"{section}: {name}", count))
+    diag = clients.run(f"pairs: {PAIRS[0]}", pairs_n, diagnose=True)
+    return report(reads, pairs, after, diag, rounds, n, pairs_n, len(clients.processes))
+
+
+def report(
+    reads: dict[str, list[Batch]],
+    pairs: dict[str, list[Batch]],
+    after: dict[str, list[Batch]],
+    diag: Batch,
+    rounds: int,
+    n: int,
+    pairs_n: int,
+    procs: int,
+) -> str:
+    cpus = os.cpu_count() or 1
+    cpu_head = "CPU: clients | primary | standby 1 | standby 2 | other | idle"
+    cpu_rule = "---:|---:|---:|---:|---:|---:"
+    lines = [
+        f"PostgreSQL 15 primary + 2 streaming hot standbys, all on this machine ({cpus} CPUs); "
+        f"{TASKS} asyncio tasks over {procs} client processes, asyncpg, {ROWS:,} rows; median "
+        f"of {rounds} interleaved rounds.  CPU columns: share of the whole machine's CPU during "
+        "the batch (median): the client processes, each server (postmaster and children), "
+        "other processes on the machine, idle.",
+        "",
+        f"### 1. Read throughput ({n} read-only transactions per batch: SELECT by key + "
+        f"SELECT of {RANGE} rows)",
+        "",
+        f"| variant | transactions/s | vs SQLAlchemy, primary | on a standby | {cpu_head} |",
+        f"|---|---:|---:|---:|{cpu_rule}|",
+    ]
+    ratio = _ratios(reads, READS[3])
+    for name, values in reads.items():
+        rate = statistics.median(b.rate for b in values)
+        stats = values[-1].stats
+        served = stats["replica"] / stats["reads"] if stats["reads"] else 0.0
+        lines.append(
+            f"| {name} | {rate:,.0f} | {ratio[name]:.2f}x | {served:.0%} | {_shares(values)} |"
+        )
+    scale1 = ratio[READS[1]] / ratio[READS[0]]
+    scale2 = ratio[READS[2]] / ratio[READS[0]]
+    idle = statistics.median(b.shares["idle"] for v in reads.values() for b in v)
+    lines += [
+        "",
+        f"repom with 1 replica / without: {scale1:.2f}x; with 2 replicas / without: {scale2:.2f}x.",
+    ]
+    other = statistics.median(b.shares["other"] for v in reads.values() for b in v)
+    if other > 0.1:
+        lines.append(
+            f"Processes outside this benchmark used a median {other:.0%} of the machine's CPU "
+            "during the batches: every figure is lower than on a quiet machine."
+        )
+    if idle < 0.1:
+        lines.append(
+            f"The machine's {cpus} CPUs were saturated (median idle {idle:.0%}): the clients "
+            "and all three servers share them, so adding replicas cannot add capacity here; "
+            "what moving reads to standbys changes is how the same CPU is spent.  On separate "
+            "machines each standby brings its own CPUs."
+        )
+
+    base = PAIRS[3]
+    ratio = _ratios(pairs, base)
+    us = {name: 1e6 / statistics.median(b.rate for b in v) for name, v in pairs.items()}
+    lines += [
+        "",
+        f"### 2. Read-your-writes ({pairs_n} pairs per batch: write transaction `UPDATE ... "
+        "RETURNING` on the primary, then a read-only transaction reading the row back)",
+        "",
+        "µs per pair = batch time / pairs (32 tasks at once; one task's latency is ~32x that).",
+        "",
+        f"| variant | pairs/s | µs per pair | vs SQLAlchemy, primary | reads on a standby | "
+        f"stale reads | {cpu_head} |",
+        f"|---|---:|---:|---:|---:|---:|{cpu_rule}|",
+    ]
+    for name, values in pairs.items():
+        rate = statistics.median(b.rate for b in values)
+        stale = sum(b.stats["stale"] for b in values)
+        reads_total = sum(b.stats["reads"] for b in values)
+        served = sum(b.stats["replica"] for b in values) / reads_total if reads_total else 0.0
+        lines.append(
+            f"| {name} | {rate:,.0f} | {us[name]:,.0f} | {ratio[name]:.2f}x | {served:.0%} | "
+            f"{stale} of {reads_total} | {_shares(values)} |"
+        )
+    ryw, pinned, plain = (us[name] for name in PAIRS[:3])
+    lines += [
+        "",
+        f"read-your-writes vs the same reads pinned to the primary: {ryw - pinned:+,.0f} µs "
+        f"per pair ({_ratios(pairs, PAIRS[1])[PAIRS[0]]:.2f}x throughput); the write's "
+        f"`pg_current_wal_lsn()` round trip (replica=False vs no replicas): "
+        f"{pinned - plain:+,.0f} µs per pair.",
+        f"In one extra diagnostic batch of {diag.stats['reads']} read-your-writes pairs (not in "
+        f"the table): {diag.stats.get('checks', 0)} replay checks and "
+        f"{diag.stats.get('polls', 0)} waits of 5 ms on the standby (replay not yet there); "
+        f"{diag.stats['reads'] - diag.stats['replica']} reads fell back to the primary.",
+    ]
+
+    ratio = _ratios(after, AFTER[0])
+    lines += [
+        "",
+        f"### 3. One read-only transaction on the replica: context without and with a prior "
+        f"write ({n} per batch)",
+        "",
+        f"| variant | transactions/s | µs per transaction | vs never wrote | on a standby | "
+        f"{cpu_head} |",
+        f"|---|---:|---:|---:|---:|{cpu_rule}|",
+    ]
+    for name, values in after.items():
+        rate = statistics.median(b.rate for b in values)
+        stats = values[-1].stats
+        served = stats["replica"] / stats["reads"] if stats["reads"] else 0.0
+        lines.append(
+            f"| {name} | {rate:,.0f} | {1e6 / rate:,.0f} | {ratio[name]:.2f}x | {served:.0%} | "
+            f"{_shares(values)} |"
+        )
+    never = 1e6 / statistics.median(b.rate for b in after[AFTER[0]])
+    wrote = 1e6 / statistics.median(b.rate for b in after[AFTER[1]])
+    lines += [
+        "",
+        f"A prior write in the context costs {wrote - never:+,.0f} µs per read-only "
+        "transaction (batch time / transactions): the replay-position check on every read, "
+        "instead of a lag check at most once a second per replica and client process.",
+    ]
+    return "\n".join(lines)
+
+
+def _postmaster(server: PostgresInstance) -> int:
+    return int((server.data / "postmaster.pid").read_text().split("\n", 1)[0])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--transactions", type=int, default=1_600, help="read transactions per batch"
+    )
+    parser.add_argument("--procs", type=int, default=2, help="client processes")
+    args = parser.parse_args(argv)
+    missing = topology_available()
+    if missing is not None:
+        print(f"bench.replicas skipped: {missing}")
+        return
+    root = make_root("repom-bench-replicas-")
+    primary = PostgresInstance(root / "primary")
+    standbys: list[PostgresInstance] = []
+    clients: Clients | None = None
+    try:
+        primary.start()
+        engine = create_engine(primary.url())
+        Base.metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM bench_replica_items"))
+            conn.execute(
+                items.insert(),
+                [{"id": i, "value": 0, "name": f"item {i}"} for i in range(1, ROWS + 1)],
+            )
+            conn.execute(text("ANALYZE bench_replica_items"))
+        engine.dispose()
+        for index in (1, 2):
+            standbys.append(primary.standby(root / f"standby{index}"))
+        servers = dict(zip(SERVERS, [primary, *standbys], strict=True))
+        urls = {name: server.url(driver="asyncpg") for name, server in servers.items()}
+        postmasters = {name: _postmaster(server) for name, server in servers.items()}
+        clients = Clients(urls, args.procs, postmasters)
+        table = measure(clients, args.rounds, args.transactions)
+    finally:
+        if clients is not None:
+            clients.close()
+        for standby in standbys:
+            standby.stop()
+        primary.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    print(table)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "replicas.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
