@@ -2,7 +2,10 @@
 
 Each benchmark module runs repom, raw SQLAlchemy and advanced-alchemy on the same data in one
 process, prints a markdown table with times and ratios and writes it to ``bench/results/``.
-This runner only sequences them and collects the tables into ``bench/results/README.md``.
+This runner only sequences them, collects the tables into ``bench/results/README.md`` and draws
+their ratio columns into ``bench/results/ratios.svg`` (:mod:`bench.plot`).  Each benchmark's
+``main(argv)`` gets an empty argument list (its defaults): run ``python -m bench.NAME --help`` for
+its own options.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+HELPERS = {"common", "plot"}  # modules of bench/ that are not benchmarks
 
 
 def discover() -> list[str]:
     return sorted(
         m.name
         for m in pkgutil.iter_modules([str(HERE)])
-        if not m.name.startswith("_") and m.name != "common"
+        if not m.name.startswith("_") and m.name not in HELPERS
     )
 
 
@@ -38,7 +42,7 @@ def main(argv: list[str]) -> int:
         start = time.perf_counter()
         module = importlib.import_module(f"bench.{name}")
         try:
-            module.main()
+            module.main([])  # its own defaults: the runner's argv names benchmarks
         except SystemExit as exc:
             if exc.code not in (0, None):
                 failed.append(name)
@@ -55,6 +59,13 @@ def main(argv: list[str]) -> int:
         "# Benchmark results\n\nWritten by `./run bench`; each table comes from one run.\n\n"
         + "\n".join(tables)
     )
+    try:
+        from bench import plot
+
+        plot.main([str(RESULTS)])
+    except Exception as exc:  # the tables are written: a broken chart must not hide them
+        print(f"bench.plot failed: {exc!r}")
+        failed.append("plot")
     if failed:
         print(f"failed: {', '.join(failed)}")
         return 1

@@ -42,6 +42,7 @@ from typing import Any
 
 import httpx
 
+from bench._meta import stamp
 from examples.bank_blog.models import Account, Article, Transfer
 from examples.bank_blog.schemas import AccountOut, ArticleOut, TransferIn
 
@@ -518,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"Command: `python -m bench.demo_load --clients {args.clients} --pool {args.pool} "
             f"--requests {args.requests} --rounds {args.rounds}`",
+            "",
+            stamp({"driver": url.split("://")[0], "app pool": args.pool, "clients": args.clients}),
         ]
     )
     print()

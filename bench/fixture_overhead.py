@@ -58,6 +58,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
+from bench._meta import stamp
 from repom.testing import AsyncIsolatedDatabase, IsolatedDatabase
 from repom.urls import convert_to_async_uri, convert_to_sync_uri
 
@@ -399,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 raise SystemExit(f"unknown backend {backend!r} (sqlite, postgresql)")
             results[backend] = asyncio.run(run_backend(backend, url, args.tests, args.rounds))
-    table = report(results, args.tests)
+    table = report(results, args.tests) + "\n" + stamp({"backends": ", ".join(results)}) + "\n"
     print()
     print(table)
     if not args.no_write:

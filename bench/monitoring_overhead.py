@@ -46,6 +46,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from bench._meta import stamp
 from repom.monitoring import PoolMonitor, route_context
 from repom.urls import convert_to_async_uri, convert_to_sync_uri
 
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         Base.metadata.drop_all(engine)
         engine.dispose()
-    table = "\n".join(lines)
+    table = "\n".join([*lines, "", stamp({"drivers": "psycopg (sync), asyncpg (async)"})])
     print(table)
     if not args.no_write:
         RESULTS.mkdir(exist_ok=True)

@@ -38,6 +38,7 @@ from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from bench._meta import stamp
 from repom.config import RepomConfig
 from repom.database import AsyncDatabase
 from tests.support.topology import (  # the servers the topology tests use
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         bouncer.stop()
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+    table += "\n\n" + stamp({"pooler": "pgbouncer (transaction mode)"})
     print(table)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "pgbouncer.md").write_text(table + "\n")

@@ -45,10 +45,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import multiprocessing
 import os
 import shutil
 import statistics
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -58,9 +60,11 @@ from typing import Any
 from sqlalchemy import create_engine, event, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import NullPool
 
 from repom.config import RepomConfig
 from repom.database import AsyncDatabase
+from repom.monitoring._stats import replica_skip_counts
 from repom.transactions import Causality, transaction, use_causality
 from tests.support.topology import (  # the servers the topology tests use
     PostgresInstance,
@@ -293,7 +297,17 @@ def _count_polls(db: AsyncDatabase) -> tuple[dict[str, int], Callable[[], None]]
     return counts, lambda: event.remove(engine, "before_cursor_execute", seen)
 
 
+def _skips() -> dict[str, int]:
+    """Replica skips so far in this process (repom counts them), by reason."""
+    totals: dict[str, int] = {}
+    for (_database, _replica, reason), count in replica_skip_counts().items():
+        totals[reason] = totals.get(reason, 0) + count
+    return totals
+
+
 async def _client_loop(conn: Any, urls: dict[str, str], tasks: list[int]) -> None:
+    # repom logs every replica skip as a warning; the tables count them instead
+    logging.getLogger("repom.replicas").setLevel(logging.ERROR)
     work, closers, ryw_db = _build(urls, len(tasks))
     conn.send("ready")
     while True:
@@ -306,6 +320,7 @@ async def _client_loop(conn: Any, urls: dict[str, str], tasks: list[int]) -> Non
         if chosen.setup is not None:
             await asyncio.gather(*(chosen.setup(t) for t in tasks))
         counts, stop = _count_polls(ryw_db) if diagnose else ({}, None)
+        skipped = _skips()
         cpu = time.process_time()
         start = time.perf_counter()
         await asyncio.gather(*(chosen.body(t, per_task, stats) for t in tasks))
@@ -313,6 +328,9 @@ async def _client_loop(conn: Any, urls: dict[str, str], tasks: list[int]) -> Non
         cpu = time.process_time() - cpu
         if stop is not None:
             stop()
+        for reason, count in _skips().items():
+            if count > skipped.get(reason, 0):
+                stats[f"skip {reason}"] = count - skipped.get(reason, 0)
         conn.send((wall, cpu, stats | counts))
     for close in closers:
         await close()
@@ -438,8 +456,40 @@ def _shares(values: list[Batch]) -> str:
     return " | ".join(f"{statistics.median(b.shares[k] for b in values):.0%}" for k in keys)
 
 
-def measure(clients: Clients, rounds: int, n: int) -> str:
-    pairs_n = max(TASKS, n // 2)
+_REPLAY_SAMPLE = text(
+    "SELECT (SELECT coalesce(wait_event, 'running') FROM pg_stat_activity "
+    "WHERE backend_type = 'startup'), "
+    "CASE WHEN pg_last_wal_receive_lsn() IS NULL "  # repom's formula for a replica's lag
+    "OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0 "
+    "ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
+)
+
+
+@dataclass
+class Replay:
+    """What standby 1's replay (startup) process did during the diagnostic batch."""
+
+    waits: dict[str, int] = field(default_factory=dict)
+    max_lag: float = 0.0
+
+
+def _sample_replay(url: str, stop: threading.Event, into: Replay) -> None:
+    """Poll standby 1 every ~5 ms in autocommit (no snapshot held between samples)."""
+    engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            while not stop.is_set():
+                wait, lag = conn.execute(_REPLAY_SAMPLE).one()
+                into.waits[str(wait)] = into.waits.get(str(wait), 0) + 1
+                into.max_lag = max(into.max_lag, float(lag or 0))
+                stop.wait(0.005)
+    finally:
+        engine.dispose()
+
+
+def measure(clients: Clients, settings: dict[str, Any], standby_url: str) -> str:
+    rounds, n = settings["rounds"], settings["transactions"]
+    pairs_n = settings["pairs"] = max(TASKS, n // 2)
     for section, names, count in (("reads", READS, n), ("pairs", PAIRS, pairs_n)):
         for name in names:  # warm every pool (and every replica's first lag check)
             clients.run(f"{section}: {name}", min(count, TASKS * 4))
@@ -457,8 +507,34 @@ def measure(clients: Clients, rounds: int, n: int) -> str:
             names = list(into)
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 into[name].append(clients.run(f"{section}: {name}", count))
-    diag = clients.run(f"pairs: {PAIRS[0]}", pairs_n, diagnose=True)
-    return report(reads, pairs, after, diag, rounds, n, pairs_n, len(clients.processes))
+    # diagnostics, after the timed rounds: statements repom sent to the standby, and what the
+    # standby's replay process was doing meanwhile
+    replay = Replay()
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sample_replay, args=(standby_url, stop, replay))
+    sampler.start()
+    try:
+        diag = clients.run(f"pairs: {PAIRS[0]}", pairs_n, diagnose=True)
+    finally:
+        stop.set()
+        sampler.join()
+    return report(reads, pairs, after, diag, replay, settings)
+
+
+def _served(values: list[Batch]) -> str:
+    """Share of all the variant's reads (every round) that a standby served."""
+    reads = sum(b.stats.get("reads", 0) for b in values)
+    return f"{sum(b.stats.get('replica', 0) for b in values) / reads:.0%}" if reads else "-"
+
+
+def _skipped(values: list[Batch]) -> str:
+    """Replica skips repom counted during the variant's batches, by reason (every round)."""
+    totals: dict[str, int] = {}
+    for batch in values:
+        for key, count in batch.stats.items():
+            if key.startswith("skip "):
+                totals[key[5:]] = totals.get(key[5:], 0) + count
+    return ", ".join(f"{reason} {count}" for reason, count in sorted(totals.items())) or "-"
 
 
 def report(
@@ -466,91 +542,123 @@ def report(
     pairs: dict[str, list[Batch]],
     after: dict[str, list[Batch]],
     diag: Batch,
-    rounds: int,
-    n: int,
-    pairs_n: int,
-    procs: int,
+    replay: Replay,
+    settings: dict[str, Any],
 ) -> str:
+    rounds, n, pairs_n = settings["rounds"], settings["transactions"], settings["pairs"]
+    procs, feedback = settings["procs"], settings["hot_standby_feedback"]
     cpus = os.cpu_count() or 1
     cpu_head = "CPU: clients | primary | standby 1 | standby 2 | other | idle"
     cpu_rule = "---:|---:|---:|---:|---:|---:"
+    every = [b for section in (reads, pairs, after) for v in section.values() for b in v]
+    idle = statistics.median(b.shares["idle"] for b in every)
+    other = statistics.median(b.shares["other"] for b in every)
+    clients = statistics.median(b.shares["clients"] for b in every)
     lines = [
         f"PostgreSQL 15 primary + 2 streaming hot standbys, all on this machine ({cpus} CPUs); "
         f"{TASKS} asyncio tasks over {procs} client processes, asyncpg, {ROWS:,} rows; median "
-        f"of {rounds} interleaved rounds.  CPU columns: share of the whole machine's CPU during "
-        "the batch (median): the client processes, each server (postmaster and children), "
-        "other processes on the machine, idle.",
+        f"of {rounds} interleaved rounds; standbys with hot_standby_feedback = "
+        f"{'on' if feedback else 'off (the default)'}; repom with its defaults "
+        "(pool_pre_ping=True, replica_wait=0.5 s, replica_max_lag=5 s), every pool as large as "
+        "its process's task count.  *On a standby*: share of all reads a standby served; "
+        "*skips*: replicas repom skipped, by reason.  CPU columns: share of the whole "
+        "machine's CPU during the batch (median): the client processes, each server "
+        "(postmaster and children), other processes and the kernel, idle.",
         "",
-        f"### 1. Read throughput ({n} read-only transactions per batch: SELECT by key + "
-        f"SELECT of {RANGE} rows)",
-        "",
-        f"| variant | transactions/s | vs SQLAlchemy, primary | on a standby | {cpu_head} |",
-        f"|---|---:|---:|---:|{cpu_rule}|",
     ]
-    ratio = _ratios(reads, READS[3])
-    for name, values in reads.items():
-        rate = statistics.median(b.rate for b in values)
-        stats = values[-1].stats
-        served = stats["replica"] / stats["reads"] if stats["reads"] else 0.0
+    if idle < 0.1:
         lines.append(
-            f"| {name} | {rate:,.0f} | {ratio[name]:.2f}x | {served:.0%} | {_shares(values)} |"
+            f"**The machine's {cpus} CPUs were saturated** (median idle {idle:.0%}; the client "
+            f"processes alone used {clients:.0%} of it): the clients and all three servers share "
+            "the same CPUs, so adding replicas cannot add capacity here, and more replicas need "
+            "not raise throughput; moving reads to standbys only changes where the same CPU is "
+            "spent.  On separate machines each standby brings its own CPUs."
         )
-    scale1 = ratio[READS[1]] / ratio[READS[0]]
-    scale2 = ratio[READS[2]] / ratio[READS[0]]
-    idle = statistics.median(b.shares["idle"] for v in reads.values() for b in v)
-    lines += [
-        "",
-        f"repom with 1 replica / without: {scale1:.2f}x; with 2 replicas / without: {scale2:.2f}x.",
-    ]
-    other = statistics.median(b.shares["other"] for v in reads.values() for b in v)
     if other > 0.1:
         lines.append(
             f"Processes outside this benchmark used a median {other:.0%} of the machine's CPU "
             "during the batches: every figure is lower than on a quiet machine."
         )
-    if idle < 0.1:
+    lines += [
+        "",
+        f"### 1. Read throughput ({n} read-only transactions per batch: SELECT by key + "
+        f"SELECT of {RANGE} rows)",
+        "",
+        f"| variant | transactions/s | vs SQLAlchemy, primary | on a standby | skips | "
+        f"{cpu_head} |",
+        f"|---|---:|---:|---:|---|{cpu_rule}|",
+    ]
+    ratio = _ratios(reads, READS[3])
+    for name, values in reads.items():
+        rate = statistics.median(b.rate for b in values)
         lines.append(
-            f"The machine's {cpus} CPUs were saturated (median idle {idle:.0%}): the clients "
-            "and all three servers share them, so adding replicas cannot add capacity here; "
-            "what moving reads to standbys changes is how the same CPU is spent.  On separate "
-            "machines each standby brings its own CPUs."
+            f"| {name} | {rate:,.0f} | {ratio[name]:.2f}x | {_served(values)} | "
+            f"{_skipped(values)} | {_shares(values)} |"
         )
+    by_replicas = _ratios(reads, READS[0])
+    lines += [
+        "",
+        f"repom with 1 replica / without: {by_replicas[READS[1]]:.2f}x; with 2 replicas / "
+        f"without: {by_replicas[READS[2]]:.2f}x (median of the per-round ratios).",
+    ]
 
-    base = PAIRS[3]
-    ratio = _ratios(pairs, base)
+    ratio = _ratios(pairs, PAIRS[3])
     us = {name: 1e6 / statistics.median(b.rate for b in v) for name, v in pairs.items()}
     lines += [
         "",
         f"### 2. Read-your-writes ({pairs_n} pairs per batch: write transaction `UPDATE ... "
         "RETURNING` on the primary, then a read-only transaction reading the row back)",
         "",
-        "µs per pair = batch time / pairs (32 tasks at once; one task's latency is ~32x that).",
+        f"µs per pair = batch time / pairs ({TASKS} tasks at once, so one task waits about "
+        f"{TASKS}x that for each pair).  *Stale*: the read returned an older value than the "
+        "write just committed.",
         "",
-        f"| variant | pairs/s | µs per pair | vs SQLAlchemy, primary | reads on a standby | "
-        f"stale reads | {cpu_head} |",
-        f"|---|---:|---:|---:|---:|---:|{cpu_rule}|",
+        f"| variant | pairs/s | µs per pair | vs SQLAlchemy, primary | on a standby | skips | "
+        f"stale | {cpu_head} |",
+        f"|---|---:|---:|---:|---:|---|---:|{cpu_rule}|",
     ]
     for name, values in pairs.items():
         rate = statistics.median(b.rate for b in values)
         stale = sum(b.stats["stale"] for b in values)
-        reads_total = sum(b.stats["reads"] for b in values)
-        served = sum(b.stats["replica"] for b in values) / reads_total if reads_total else 0.0
+        total = sum(b.stats["reads"] for b in values)
         lines.append(
-            f"| {name} | {rate:,.0f} | {us[name]:,.0f} | {ratio[name]:.2f}x | {served:.0%} | "
-            f"{stale} of {reads_total} | {_shares(values)} |"
+            f"| {name} | {rate:,.0f} | {us[name]:,.0f} | {ratio[name]:.2f}x | "
+            f"{_served(values)} | {_skipped(values)} | {stale} of {total} | "
+            f"{_shares(values)} |"
         )
     ryw, pinned, plain = (us[name] for name in PAIRS[:3])
+    samples = sum(replay.waits.values()) or 1
     lines += [
         "",
-        f"read-your-writes vs the same reads pinned to the primary: {ryw - pinned:+,.0f} µs "
-        f"per pair ({_ratios(pairs, PAIRS[1])[PAIRS[0]]:.2f}x throughput); the write's "
-        f"`pg_current_wal_lsn()` round trip (replica=False vs no replicas): "
-        f"{pinned - plain:+,.0f} µs per pair.",
-        f"In one extra diagnostic batch of {diag.stats['reads']} read-your-writes pairs (not in "
-        f"the table): {diag.stats.get('checks', 0)} replay checks and "
-        f"{diag.stats.get('polls', 0)} waits of 5 ms on the standby (replay not yet there); "
-        f"{diag.stats['reads'] - diag.stats['replica']} reads fell back to the primary.",
+        f"Read-your-writes on the replica vs the same reads pinned to the primary: "
+        f"{ryw - pinned:+,.0f} µs per pair ({_ratios(pairs, PAIRS[1])[PAIRS[0]]:.2f}x the "
+        "pairs/s).  replica=False vs no replicas at all (the write's `pg_current_wal_lsn()` "
+        f"round trip after COMMIT): {pinned - plain:+,.0f} µs per pair "
+        f"({_ratios(pairs, PAIRS[2])[PAIRS[1]]:.2f}x).",
+        "",
+        f"Diagnostics, one extra batch of {diag.stats['reads']} read-your-writes pairs after the "
+        f"timed rounds (not in the table): {diag.stats.get('checks', 0)} replay checks and "
+        f"{diag.stats.get('polls', 0)} server-side waits of 5 ms on the standby; "
+        f"{diag.stats['reads'] - diag.stats['replica']} reads went to the primary "
+        f"(skips: {_skipped([diag])}).  Standby 1's replay process, sampled every ~5 ms: "
+        + ", ".join(
+            f"{wait} {count / samples:.0%}"
+            for wait, count in sorted(replay.waits.items(), key=lambda item: -item[1])
+        )
+        + f"; lag as repom computes it up to {replay.max_lag:.2f} s.",
     ]
+    if replay.waits.get("RecoveryConflictSnapshot") and not feedback:
+        lines += [
+            "",
+            "RecoveryConflictSnapshot: the standby's replay stops at a cleanup record (the "
+            "UPDATEs' dead row versions, pruned on the primary) until every standby "
+            "transaction whose snapshot may still see those rows has ended.  repom's "
+            "read-your-writes wait polls inside its read-only transaction on the standby "
+            "(`pg_sleep(0.005)` in a loop, up to replica_wait), so a waiting read can hold up "
+            "the very replay it waits for; it then gives up after replica_wait and reads from "
+            "the primary.  `--hot-standby-feedback` runs the standbys with "
+            "hot_standby_feedback = on, which removes these conflicts.",
+        ]
 
     ratio = _ratios(after, AFTER[0])
     lines += [
@@ -559,24 +667,23 @@ def report(
         f"write ({n} per batch)",
         "",
         f"| variant | transactions/s | µs per transaction | vs never wrote | on a standby | "
-        f"{cpu_head} |",
-        f"|---|---:|---:|---:|---:|{cpu_rule}|",
+        f"skips | {cpu_head} |",
+        f"|---|---:|---:|---:|---:|---|{cpu_rule}|",
     ]
     for name, values in after.items():
         rate = statistics.median(b.rate for b in values)
-        stats = values[-1].stats
-        served = stats["replica"] / stats["reads"] if stats["reads"] else 0.0
         lines.append(
-            f"| {name} | {rate:,.0f} | {1e6 / rate:,.0f} | {ratio[name]:.2f}x | {served:.0%} | "
-            f"{_shares(values)} |"
+            f"| {name} | {rate:,.0f} | {1e6 / rate:,.0f} | {ratio[name]:.2f}x | "
+            f"{_served(values)} | {_skipped(values)} | {_shares(values)} |"
         )
     never = 1e6 / statistics.median(b.rate for b in after[AFTER[0]])
     wrote = 1e6 / statistics.median(b.rate for b in after[AFTER[1]])
     lines += [
         "",
-        f"A prior write in the context costs {wrote - never:+,.0f} µs per read-only "
-        "transaction (batch time / transactions): the replay-position check on every read, "
-        "instead of a lag check at most once a second per replica and client process.",
+        f"Context that wrote before vs never wrote: {wrote - never:+,.0f} µs per read-only "
+        "transaction (batch time / transactions).  After a write every read checks the "
+        "standby's replay position (one more round trip); without one, the lag is checked at "
+        "most once a second per replica and client process.",
     ]
     return "\n".join(lines)
 
@@ -588,10 +695,13 @@ def _postmaster(server: PostgresInstance) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--transactions", type=int, default=1_600, help="read transactions per batch"
-    )
+    parser.add_argument("--transactions", type=int, default=960, help="read transactions per batch")
     parser.add_argument("--procs", type=int, default=2, help="client processes")
+    parser.add_argument(
+        "--hot-standby-feedback",
+        action="store_true",
+        help="run the standbys with hot_standby_feedback = on (default: PostgreSQL's off)",
+    )
     args = parser.parse_args(argv)
     missing = topology_available()
     if missing is not None:
@@ -614,12 +724,13 @@ def main(argv: list[str] | None = None) -> None:
             conn.execute(text("ANALYZE bench_replica_items"))
         engine.dispose()
         for index in (1, 2):
-            standbys.append(primary.standby(root / f"standby{index}"))
+            settings = {"hot_standby_feedback": "on"} if args.hot_standby_feedback else {}
+            standbys.append(primary.standby(root / f"standby{index}", **settings))
         servers = dict(zip(SERVERS, [primary, *standbys], strict=True))
         urls = {name: server.url(driver="asyncpg") for name, server in servers.items()}
         postmasters = {name: _postmaster(server) for name, server in servers.items()}
         clients = Clients(urls, args.procs, postmasters)
-        table = measure(clients, args.rounds, args.transactions)
+        table = measure(clients, vars(args), servers["standby 1"].url())
     finally:
         if clients is not None:
             clients.close()

@@ -96,7 +96,20 @@ class RepomConfig(BaseSettings):
     max_overflow: int = Field(default=20, ge=-1)
     pool_timeout: float = Field(default=30.0, gt=0, allow_inf_nan=False)
     pool_recycle: int = Field(default=3600, ge=-1)
-    pool_pre_ping: bool = True
+    pool_pre_ping: bool = Field(
+        default=True,
+        description="Check a pooled connection's liveness at checkout, but only when it sat idle "
+        "in the pool longer than pool_ping_idle seconds (a busy pool sends no ping).",
+    )
+    pool_ping_idle: float = Field(
+        default=10.0,
+        ge=0,
+        le=_MAX_SECONDS,
+        allow_inf_nan=False,
+        description="With pool_pre_ping: ping a connection at checkout only when it was idle in "
+        "the pool longer than this many seconds; 0 pings on every checkout (SQLAlchemy's own "
+        "pool_pre_ping).",
+    )
     pool_class: Literal["queue", "null", "static"] | None = Field(
         default=None,
         description="Force a pool class. Default: queue, except NullPool for environment=test "

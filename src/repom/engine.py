@@ -20,12 +20,16 @@ What every engine built here gets:
   Wrapping ``dialect.connect`` rather than answering the ``do_connect`` event leaves every
   ``do_connect`` listener (repom's and the application's, e.g. a token-refreshing password hook)
   in charge of the connect arguments.
+* liveness checks that cost nothing on a busy pool (:func:`install_liveness_check`): with
+  ``pool_pre_ping`` (the default) a connection is pinged at checkout only when it sat idle in the
+  pool longer than ``pool_ping_idle`` seconds; a failed ping invalidates the whole pool.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -37,7 +41,12 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.engine.interfaces import ExceptionContext
 
 from repom.config import RepomConfig, get_config, milliseconds
-from repom.exceptions import mark_commit_error, translate, translate_connect_error
+from repom.exceptions import (
+    ConfigurationError,
+    mark_commit_error,
+    translate,
+    translate_connect_error,
+)
 from repom.urls import backend_name, is_memory_sqlite, validate_url
 
 if TYPE_CHECKING:
@@ -48,6 +57,7 @@ __all__ = [
     "build_engine",
     "engine_arguments",
     "install_engine_events",
+    "install_liveness_check",
     "pool_class_name",
 ]
 
@@ -127,8 +137,78 @@ def install_engine_events(engine: Engine, config: RepomConfig) -> None:
     elif backend in ("mysql", "mariadb"):
         _install_mysql(engine)
     _mark_commit_errors(engine, rollback_after_failure=backend == "sqlite")
+    install_liveness_check(engine, config.pool_ping_idle)
     event.listen(engine, "handle_error", _translate_error, retval=True)
     _engines_to_reset_after_fork.add(engine)
+
+
+_IDLE_SINCE = "repom_idle_since"
+
+
+def install_liveness_check(engine: Engine, idle: float) -> None:
+    """Replace the pool's ping-on-every-checkout by a ping of idle connections only.
+
+    Called by :func:`install_engine_events`.  When the engine's pool was built with
+    ``pool_pre_ping=True`` (repom's default) and *idle* > 0, SQLAlchemy's own pre-ping is turned
+    off and two pool listeners take its place: ``checkin`` records when the connection went back
+    to the pool, ``checkout`` pings it (the dialect's ``do_ping``) only when it has been idle for
+    longer than *idle* seconds.  A connection that came straight back from another unit of work,
+    the normal case on a busy pool, costs a clock read and no round trip.  A freshly connected
+    connection is never pinged.
+
+    A ping that finds the connection dead raises :class:`sqlalchemy.exc.InvalidatePoolError` (a
+    ``DisconnectionError``): the pool invalidates this connection *and* every connection opened
+    before it, and the checkout reconnects.  A statement that meets a dead connection on a
+    connection that was not pinged (idle less than *idle* seconds, e.g. a server restart during
+    a burst) fails once, and SQLAlchemy invalidates the whole pool on that disconnect error too,
+    so later units of work get new connections.
+
+    ``idle == 0`` keeps SQLAlchemy's ping on every checkout.  ``NullPool`` (every checkout is a
+    new connection) and in-memory SQLite (nothing to lose, one ``StaticPool`` connection) get no
+    liveness check at all.  The listeners sit on the pool's dispatch, which survives
+    ``engine.dispose()``; the pool's ``pre_ping`` flag is carried over by ``recreate()`` too.
+    """
+    if idle < 0 or idle != idle:  # direct callers; RepomConfig validates its own value
+        raise ConfigurationError(
+            f"pool_ping_idle must be a number of seconds >= 0, got {idle!r}",
+            variable="REPOM_POOL_PING_IDLE",
+        )
+    engine_pool = engine.pool
+    if not getattr(engine_pool, "_pre_ping", False):
+        return
+    if isinstance(engine_pool, pool.NullPool) or is_memory_sqlite(engine.url):
+        engine_pool._pre_ping = False
+        return
+    if idle == 0:
+        return
+    engine_pool._pre_ping = False
+    dialect = engine.dialect
+    clock = time.monotonic
+
+    def _repom_connected(dbapi_connection: Any, connection_record: Any) -> None:
+        connection_record.info.pop(_IDLE_SINCE, None)
+
+    def _repom_checkin(dbapi_connection: Any, connection_record: Any) -> None:
+        if dbapi_connection is not None:
+            connection_record.info[_IDLE_SINCE] = clock()
+
+    def _repom_checkout(dbapi_connection: Any, connection_record: Any, proxy: Any) -> None:
+        since = connection_record.info.pop(_IDLE_SINCE, None)
+        if since is None or clock() - since <= idle:
+            return
+        try:
+            alive = dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as error:
+            if not dialect.is_disconnect(error, dbapi_connection, None):
+                raise
+            alive = False
+        if not alive:
+            logger.info("pooled connection idle for %.1fs failed its ping", clock() - since)
+            raise sa_exc.InvalidatePoolError("ping of an idle pooled connection failed")
+
+    event.listen(engine, "connect", _repom_connected)
+    event.listen(engine, "checkin", _repom_checkin)
+    event.listen(engine, "checkout", _repom_checkout)
 
 
 # Fork safety (``gunicorn --preload``, multiprocessing with fork): a child process must never use

@@ -165,9 +165,16 @@ def test_cli_info_env_url_with_at_in_password(tmp_path: Path) -> None:
 async def test_tiny_transaction_timeout_is_one_millisecond(flavor: Flavor) -> None:
     if flavor.backend != "postgresql":
         pytest.skip("timeout= is PostgreSQL only")
+    from repom.exceptions import StatementTimeout
+
     for seconds, shown in [(0.0004, "1ms"), (0.07, "70ms"), (1.0000001, "1001ms")]:
-        async with flavor.enter(transaction(database=flavor.db, timeout=seconds)) as s:
-            value = (await flavor.run(s.execute(text("SHOW statement_timeout")))).scalar()
+        try:
+            async with flavor.enter(transaction(database=flavor.db, timeout=seconds)) as s:
+                value = (await flavor.run(s.execute(text("SHOW statement_timeout")))).scalar()
+        except StatementTimeout:
+            # on a loaded machine 1 ms can cancel the SHOW itself: the timeout is on, not 0
+            assert shown == "1ms"
+            continue
         assert value == shown, (seconds, value)
 
 

@@ -41,16 +41,21 @@ def register_dependency(
     _DEPENDENCIES[func] = (is_async, database)
 
 
+_module_generators_registered = False
+
+
 def _register_module_generators() -> None:
+    # done on first lookup, not at import: it imports the seed facades (and Starlette with them)
+    global _module_generators_registered
+    if _module_generators_registered:
+        return
+    _module_generators_registered = True
     from repom import async_session, session
 
     register_dependency(session.get_db_session, is_async=False, database=None)
     register_dependency(session.get_db_transaction, is_async=False, database=None)
     register_dependency(async_session.get_async_db_session, is_async=True, database=None)
     register_dependency(async_session.get_async_db_transaction, is_async=True, database=None)
-
-
-_register_module_generators()
 
 
 def use_databases(
@@ -115,6 +120,7 @@ def databases_in_use(app: Any) -> list[AnyDatabase]:
         add(attached.async_database)
     if attached.database is not None:
         add(attached.database)
+    _register_module_generators()
     for route in getattr(app, "routes", ()):
         if not isinstance(route, APIRoute | APIWebSocketRoute):
             continue

@@ -15,29 +15,29 @@ health) and ``repom.monitoring.sql`` (slow statements).  See ``docs/monitoring.m
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-from repom.monitoring._stats import callback_failure_counts, retry_counts
-from repom.monitoring._tracker import MonitorOptions, mask_parameters
-from repom.monitoring.budget import ConnectionBudget, connection_budget, worker_count
-from repom.monitoring.context import (
-    RouteContextMiddleware,
-    current_route,
-    reset_route,
-    route_context,
-    set_route,
-)
-from repom.monitoring.pool import (
-    ConnectionPoolMonitor,
-    PoolHealth,
-    PoolMonitor,
-    UnsupportedMonitorTarget,
-)
-from repom.monitoring.queries import QueryCounter, assert_max_queries
-
 if TYPE_CHECKING:
+    from repom.monitoring._stats import callback_failure_counts, retry_counts
+    from repom.monitoring._tracker import MonitorOptions, mask_parameters
+    from repom.monitoring.budget import ConnectionBudget, connection_budget, worker_count
+    from repom.monitoring.context import (
+        RouteContextMiddleware,
+        current_route,
+        reset_route,
+        route_context,
+        set_route,
+    )
+    from repom.monitoring.pool import (
+        ConnectionPoolMonitor,
+        PoolHealth,
+        PoolMonitor,
+        UnsupportedMonitorTarget,
+    )
     from repom.monitoring.prometheus import RepomCollector, metrics_text, register_metrics
+    from repom.monitoring.queries import QueryCounter, assert_max_queries
 
 __all__ = [
     "ConnectionBudget",
@@ -66,6 +66,29 @@ __all__ = [
 
 _PROMETHEUS = ("RepomCollector", "metrics_text", "register_metrics")
 
+# imported on first access: ``repom.monitoring._stats`` (counters the lower layers bump) must not
+# pull the tracker, pool and query modules in with it
+_LAZY: dict[str, str] = {
+    "ConnectionBudget": "repom.monitoring.budget",
+    "ConnectionPoolMonitor": "repom.monitoring.pool",
+    "MonitorOptions": "repom.monitoring._tracker",
+    "PoolHealth": "repom.monitoring.pool",
+    "PoolMonitor": "repom.monitoring.pool",
+    "QueryCounter": "repom.monitoring.queries",
+    "RouteContextMiddleware": "repom.monitoring.context",
+    "UnsupportedMonitorTarget": "repom.monitoring.pool",
+    "assert_max_queries": "repom.monitoring.queries",
+    "callback_failure_counts": "repom.monitoring._stats",
+    "connection_budget": "repom.monitoring.budget",
+    "current_route": "repom.monitoring.context",
+    "mask_parameters": "repom.monitoring._tracker",
+    "reset_route": "repom.monitoring.context",
+    "retry_counts": "repom.monitoring._stats",
+    "route_context": "repom.monitoring.context",
+    "set_route": "repom.monitoring.context",
+    "worker_count": "repom.monitoring.budget",
+}
+
 
 def metrics_available() -> bool:
     """True when ``prometheus-client`` is installed (the ``prometheus`` extra)."""
@@ -77,6 +100,11 @@ def __getattr__(name: str) -> Any:
         from repom.monitoring import prometheus
 
         value = getattr(prometheus, name)
+        globals()[name] = value
+        return value
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'repom.monitoring' has no attribute {name!r}")

@@ -365,10 +365,11 @@ class Repository(_RepositoryBase[M]):
         order_by: Any = None,
         options: Sequence[Any] | None = None,
         include_deleted: bool = False,
+        count: core.CountMode = "exact",
         **kw_filters: Any,
     ) -> Page[M]:
         q = self._query(where, filters, kw_filters, options, False, include_deleted)
-        return core.op_paginate(self.session, self._ctx, q, page, per_page, order_by)
+        return core.op_paginate(self.session, self._ctx, q, page, per_page, order_by, count)
 
     def keyset(
         self,
@@ -601,10 +602,13 @@ class AsyncRepository(_RepositoryBase[M]):
         order_by: Any = None,
         options: Sequence[Any] | None = None,
         include_deleted: bool = False,
+        count: core.CountMode = "exact",
         **kw_filters: Any,
     ) -> Page[M]:
         q = self._query(where, filters, kw_filters, options, False, include_deleted)
-        return await self.session.run_sync(core.op_paginate, self._ctx, q, page, per_page, order_by)
+        return await self.session.run_sync(
+            core.op_paginate, self._ctx, q, page, per_page, order_by, count
+        )
 
     async def keyset(
         self,

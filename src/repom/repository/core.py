@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Literal, TypeVar, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -31,9 +32,11 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import InstanceState, Session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
-from sqlalchemy.sql.base import ExecutableOption
+from sqlalchemy.sql.base import Executable, ExecutableOption
+from sqlalchemy.sql.elements import ClauseElement
 
 from repom.config import get_config
 from repom.exceptions import (
@@ -423,19 +426,93 @@ def op_exists(session: Session, ctx: RepoContext[Any], q: Query) -> bool:
     return bool(session.execute(build_exists(ctx, q)).scalar_one())
 
 
+#: ``paginate(count=...)``: how the total is obtained (see docs/repositories.md).
+CountMode = Literal["exact", "estimated", "none"]
+COUNT_MODES: tuple[str, ...] = ("exact", "estimated", "none")
+#: With ``count="estimated"``, a planner estimate below this is replaced by an exact COUNT
+#: (small results stay exact; a COUNT over a thousand rows costs little).
+ESTIMATE_MIN_ROWS = 1_000
+
+
+class _ExplainJSON(Executable, ClauseElement):
+    """``EXPLAIN (FORMAT JSON) <select>`` (PostgreSQL), bound parameters rendered as usual."""
+
+    inherit_cache = False
+
+    def __init__(self, element: Select[Any]) -> None:
+        self.element = element
+
+
+@compiles(_ExplainJSON)
+def _compile_explain(element: _ExplainJSON, compiler: Any, **kw: Any) -> str:
+    return "EXPLAIN (FORMAT JSON) " + str(compiler.process(element.element, **kw))
+
+
+def check_count_mode(value: Any) -> str:
+    if not isinstance(value, str) or value not in COUNT_MODES:
+        raise InvalidOptionError(
+            f"count must be one of {', '.join(repr(m) for m in COUNT_MODES)}; got {value!r}",
+            option="count",
+        )
+    return value
+
+
+def op_estimate(session: Session, ctx: RepoContext[Any], q: Query) -> int | None:
+    """PostgreSQL's planner estimate of the rows *q* matches (``None`` on other backends)."""
+    if session.get_bind(mapper=ctx.info.mapper).dialect.name != "postgresql":
+        return None
+    inner: Select[Any] = select(literal_column("1")).select_from(ctx.info.mapper)
+    where = criteria(ctx, q)
+    if not q.include_deleted and ctx.info.filtered_by_listener:
+        hidden = ctx.info.not_deleted()  # the listener does not see EXPLAIN; add it here
+        if hidden is not None:
+            where.append(hidden)
+    if where:
+        inner = inner.where(*where)
+    plan: Any = session.execute(_ExplainJSON(inner)).scalar_one()
+    if isinstance(plan, (str, bytes)):
+        plan = json.loads(plan)
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
 def op_paginate(
-    session: Session, ctx: RepoContext[M], q: Query, page: Any, per_page: Any, order_by: Any
+    session: Session,
+    ctx: RepoContext[M],
+    q: Query,
+    page: Any,
+    per_page: Any,
+    order_by: Any,
+    count: Any = "exact",
 ) -> Page[M]:
+    mode = check_count_mode(count)
     number, size, offset = page_window(page, per_page, ctx.cap())
     stmt = build_select(ctx, q)
     order = _ordered(ctx, order_by, True)
     if order:
         stmt = stmt.order_by(*(item.clause() for item in order))
-    items = _scalars(session, stmt.limit(size).offset(offset))
-    total = total_from_page(items, offset, size)
-    if total is None:
-        total = op_count(session, ctx, dataclasses.replace(q, options=None, for_update=False))
-    return Page(items, total, number, size, page_count(total, size))
+    if mode == "exact":
+        items = _scalars(session, stmt.limit(size).offset(offset))
+        total = total_from_page(items, offset, size)
+        if total is None:
+            total = op_count(session, ctx, dataclasses.replace(q, options=None, for_update=False))
+        return Page(items, total, number, size, page_count(total, size))
+    # one row beyond the page tells whether another page follows, without a total
+    rows = _scalars(session, stmt.limit(size + 1).offset(offset))
+    more = len(rows) > size
+    items = rows[:size]
+    if mode == "none":
+        return Page(items, None, number, size, None, False, more)
+    known = None if more else total_from_page(items, offset, size + 1)
+    if known is not None:
+        return Page(items, known, number, size, page_count(known, size), False, more)
+    bare = dataclasses.replace(q, options=None, for_update=False)
+    estimate = op_estimate(session, ctx, bare)
+    if estimate is None or estimate < ESTIMATE_MIN_ROWS:
+        exact = op_count(session, ctx, bare)
+        return Page(items, exact, number, size, page_count(exact, size), False, more)
+    # never below what this page proves: the rows before it, on it, and one after it
+    total = max(estimate, offset + len(items) + (1 if more else 0))
+    return Page(items, total, number, size, page_count(total, size), True, more)
 
 
 def _keyset_order(ctx: RepoContext[Any], order_by: Any) -> list[OrderItem]:

@@ -20,17 +20,26 @@ class Page(Generic[T]):
 
     ``page`` is 1-based; ``pages`` is the number of pages (0 when there are no rows);
     ``per_page`` is the page size actually used (after the repository's cap).
+
+    ``total`` is exact unless ``total_is_estimate`` is true (``paginate(count="estimated")``
+    over a large result); it is ``None``, and so is ``pages``, with ``paginate(count="none")``.
+    ``next_known`` is set when the query itself told whether more rows follow (it fetched one
+    row beyond the page); ``has_next`` then uses it instead of the total.
     """
 
     items: list[T]
-    total: int
+    total: int | None
     page: int
     per_page: int
-    pages: int
+    pages: int | None
+    total_is_estimate: bool = False
+    next_known: bool | None = None
 
     @property
     def has_next(self) -> bool:
-        return self.page < self.pages
+        if self.next_known is not None:
+            return self.next_known
+        return self.pages is not None and self.page < self.pages
 
     @property
     def has_prev(self) -> bool:
@@ -39,7 +48,13 @@ class Page(Generic[T]):
     def map(self, fn: Callable[[T], U]) -> Page[U]:
         """The same page with every item converted (e.g. to a pydantic schema)."""
         return Page(
-            [fn(item) for item in self.items], self.total, self.page, self.per_page, self.pages
+            [fn(item) for item in self.items],
+            self.total,
+            self.page,
+            self.per_page,
+            self.pages,
+            self.total_is_estimate,
+            self.next_known,
         )
 
     def __iter__(self) -> Iterator[T]:

@@ -594,7 +594,6 @@ _REPLICA_STATE = text(
 )
 _REPLAY_LSN = text("SELECT CAST(pg_last_wal_replay_lsn() AS text), pg_sleep(:pause)")
 _PRIMARY_LSN = text("SELECT CAST(pg_current_wal_lsn() AS text)")
-_LAG_CHECK_EVERY = 1.0  # seconds between lag checks of one replica (reads in between trust it)
 
 
 class _ReplicaUnusable(Exception):
@@ -619,18 +618,21 @@ def format_lsn(value: int) -> str:
 
 
 def _check_replica(conn: Connection, state: _TxState) -> None:
-    """Is the replica fit for this transaction?  At most one round trip, and only when it is
-    needed: the context wrote before (read-your-writes) or the replica's lag was not checked in
-    the last second.  Raises :class:`_ReplicaUnusable` otherwise."""
+    """Is the replica fit for this transaction: up, still in recovery, not lagging past
+    ``replica_max_lag``, and (read-your-writes) past this context's last commit?  One round trip
+    (more only while waiting for replay).  Raises :class:`_ReplicaUnusable` otherwise."""
     replica = state.replica
     database = state.database
     assert replica is not None and database is not None
     now = time.monotonic()
     required = state.required_lsn
-    if required is None and now - replica.lag_checked_at < _LAG_CHECK_EVERY:
-        return
     config = database.config
-    in_recovery, replayed, lag = conn.execute(_REPLICA_STATE).one()
+    try:
+        # every replica transaction checks its server first: a replica that went down between
+        # two transactions is found here, before any statement of the caller's can fail
+        in_recovery, replayed, lag = conn.execute(_REPLICA_STATE).one()
+    except Exception as exc:
+        raise _ReplicaUnusable("down", type(translate(exc)).__name__) from exc
     if not in_recovery:
         raise _ReplicaUnusable("not_a_replica", "the server is not in recovery (promoted?)")
     replica.lag_checked_at = now
