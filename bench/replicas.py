@@ -383,6 +383,8 @@ class Batch:
     rate: float
     shares: dict[str, float]  # share of the machine's CPU: clients, each server, other, idle
     stats: dict[str, int] = field(default_factory=dict)
+    client_us: float = 0.0  # client processes' CPU time per operation
+    server_us: float = 0.0  # the three servers' CPU time per operation
 
 
 class Clients:
@@ -426,7 +428,17 @@ class Clients:
         for answer in answers:
             for key, value in answer[2].items():
                 stats[key] = stats.get(key, 0) + value
-        return Batch(wall, per_task * TASKS / wall, shares, stats)
+        operations = per_task * TASKS
+        client_cpu = sum(answer[1] for answer in answers)
+        server_cpu = sum(servers_after[name] - servers[name] for name in self.postmasters)
+        return Batch(
+            wall,
+            operations / wall,
+            shares,
+            stats,
+            client_us=client_cpu / operations * 1e6,
+            server_us=server_cpu / operations * 1e6,
+        )
 
     def close(self) -> None:
         for pipe in self.pipes:
@@ -452,8 +464,14 @@ def _ratios(batches: dict[str, list[Batch]], base: str) -> dict[str, float]:
 
 
 def _shares(values: list[Batch]) -> str:
+    """The CPU columns: CPU time per operation (clients, servers), then shares of the machine."""
     keys = ["clients", *SERVERS, "other", "idle"]
-    return " | ".join(f"{statistics.median(b.shares[k] for b in values):.0%}" for k in keys)
+    per_op = [
+        f"{statistics.median(b.client_us for b in values):,.0f}",
+        f"{statistics.median(b.server_us for b in values):,.0f}",
+    ]
+    shares = [f"{statistics.median(b.shares[k] for b in values):.0%}" for k in keys]
+    return " | ".join(per_op + shares)
 
 
 _REPLAY_SAMPLE = text(
@@ -537,6 +555,22 @@ def _skipped(values: list[Batch]) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in sorted(totals.items())) or "-"
 
 
+def _delta(batches: dict[str, list[Batch]], name: str, base: str) -> str:
+    """*name* against *base*: wall time, client CPU and server CPU per operation."""
+
+    def med(key: Callable[[Batch], float], which: str) -> float:
+        return statistics.median(key(b) for b in batches[which])
+
+    wall = med(lambda b: 1e6 / b.rate, name) - med(lambda b: 1e6 / b.rate, base)
+    client = med(lambda b: b.client_us, name) - med(lambda b: b.client_us, base)
+    server = med(lambda b: b.server_us, name) - med(lambda b: b.server_us, base)
+    ratio = _ratios(batches, base)[name]
+    return (
+        f"{wall:+,.0f} µs of batch time per operation ({ratio:.2f}x the throughput), "
+        f"client CPU {client:+,.0f} µs, server CPU {server:+,.0f} µs"
+    )
+
+
 def report(
     reads: dict[str, list[Batch]],
     pairs: dict[str, list[Batch]],
@@ -548,8 +582,11 @@ def report(
     rounds, n, pairs_n = settings["rounds"], settings["transactions"], settings["pairs"]
     procs, feedback = settings["procs"], settings["hot_standby_feedback"]
     cpus = os.cpu_count() or 1
-    cpu_head = "CPU: clients | primary | standby 1 | standby 2 | other | idle"
-    cpu_rule = "---:|---:|---:|---:|---:|---:"
+    cpu_head = (
+        "client CPU µs/op | server CPU µs/op | "
+        "CPU: clients | primary | standby 1 | standby 2 | other | idle"
+    )
+    cpu_rule = "---:|---:|---:|---:|---:|---:|---:|---:"
     every = [b for section in (reads, pairs, after) for v in section.values() for b in v]
     idle = statistics.median(b.shares["idle"] for b in every)
     other = statistics.median(b.shares["other"] for b in every)
@@ -561,9 +598,12 @@ def report(
         f"{'on' if feedback else 'off (the default)'}; repom with its defaults "
         "(pool_pre_ping=True, replica_wait=0.5 s, replica_max_lag=5 s), every pool as large as "
         "its process's task count.  *On a standby*: share of all reads a standby served; "
-        "*skips*: replicas repom skipped, by reason.  CPU columns: share of the whole "
-        "machine's CPU during the batch (median): the client processes, each server "
-        "(postmaster and children), other processes and the kernel, idle.",
+        "*skips*: replicas repom skipped, by reason.  *client/server CPU µs/op*: CPU time of "
+        "the client processes, and of the three servers (postmaster and children, scheduler "
+        "clock), per operation (transaction or pair): unlike throughput, hardly disturbed by "
+        "other load on the machine.  *CPU* columns: share of the whole machine's CPU during "
+        "the batch: the client processes, each server, other processes and the kernel, idle.  "
+        "All figures are medians over the rounds.",
         "",
     ]
     if idle < 0.1:
@@ -626,15 +666,15 @@ def report(
             f"{_served(values)} | {_skipped(values)} | {stale} of {total} | "
             f"{_shares(values)} |"
         )
-    ryw, pinned, plain = (us[name] for name in PAIRS[:3])
+    ryw, pinned, plain = PAIRS[:3]
     samples = sum(replay.waits.values()) or 1
     lines += [
         "",
-        f"Read-your-writes on the replica vs the same reads pinned to the primary: "
-        f"{ryw - pinned:+,.0f} µs per pair ({_ratios(pairs, PAIRS[1])[PAIRS[0]]:.2f}x the "
-        "pairs/s).  replica=False vs no replicas at all (the write's `pg_current_wal_lsn()` "
-        f"round trip after COMMIT): {pinned - plain:+,.0f} µs per pair "
-        f"({_ratios(pairs, PAIRS[2])[PAIRS[1]]:.2f}x).",
+        f"Read-your-writes on the replica vs the same reads pinned to the primary "
+        f"(replica=False): {_delta(pairs, ryw, pinned)}.  replica=False vs no replicas at all "
+        "(what remains is the write's `pg_current_wal_lsn()` round trip after COMMIT): "
+        f"{_delta(pairs, pinned, plain)}.  repom without replicas vs SQLAlchemy: "
+        f"{_delta(pairs, plain, PAIRS[3])}.",
         "",
         f"Diagnostics, one extra batch of {diag.stats['reads']} read-your-writes pairs after the "
         f"timed rounds (not in the table): {diag.stats.get('checks', 0)} replay checks and "
@@ -676,12 +716,10 @@ def report(
             f"| {name} | {rate:,.0f} | {1e6 / rate:,.0f} | {ratio[name]:.2f}x | "
             f"{_served(values)} | {_skipped(values)} | {_shares(values)} |"
         )
-    never = 1e6 / statistics.median(b.rate for b in after[AFTER[0]])
-    wrote = 1e6 / statistics.median(b.rate for b in after[AFTER[1]])
     lines += [
         "",
-        f"Context that wrote before vs never wrote: {wrote - never:+,.0f} µs per read-only "
-        "transaction (batch time / transactions).  After a write every read checks the "
+        f"Context that wrote before vs never wrote: {_delta(after, AFTER[1], AFTER[0])}.  "
+        "After a write every read checks the "
         "standby's replay position (one more round trip); without one, the lag is checked at "
         "most once a second per replica and client process.",
     ]

@@ -324,3 +324,16 @@ async def test_restart_with_idle_ping_fails_nothing(
         assert pings[0] == 1
     finally:
         await dispose(db)
+
+
+def test_pool_status_reports_the_idle_ping(tmp_path: Any) -> None:
+    from repom.database import Database as _Database
+
+    pinged = _Database(f"sqlite:///{tmp_path / 'a.sqlite3'}")
+    quiet = _Database(f"sqlite:///{tmp_path / 'b.sqlite3'}", pool_pre_ping=False)
+    try:
+        assert pinged.pool_status()["pre_ping"] is True
+        assert quiet.pool_status()["pre_ping"] is False
+    finally:
+        pinged.dispose()
+        quiet.dispose()

@@ -30,7 +30,7 @@ from repom.fastapi import (
     install_exception_handlers,
     use_databases,
 )
-from repom.monitoring._stats import replica_skip_counts
+from repom.monitoring import replica_skip_counts
 from repom.transactions import causality, transaction
 from tests.support import IN_CI, maybe_await
 from tests.support.topology import PostgresInstance, make_root, topology_available

@@ -20,7 +20,7 @@ import importlib.util
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from repom.monitoring._stats import callback_failure_counts, retry_counts
+    from repom.monitoring._stats import callback_failure_counts, replica_skip_counts, retry_counts
     from repom.monitoring._tracker import MonitorOptions, mask_parameters
     from repom.monitoring.budget import ConnectionBudget, connection_budget, worker_count
     from repom.monitoring.context import (
@@ -57,6 +57,7 @@ __all__ = [
     "metrics_available",
     "metrics_text",
     "register_metrics",
+    "replica_skip_counts",
     "reset_route",
     "retry_counts",
     "route_context",
@@ -79,6 +80,7 @@ _LAZY: dict[str, str] = {
     "UnsupportedMonitorTarget": "repom.monitoring.pool",
     "assert_max_queries": "repom.monitoring.queries",
     "callback_failure_counts": "repom.monitoring._stats",
+    "replica_skip_counts": "repom.monitoring._stats",
     "connection_budget": "repom.monitoring.budget",
     "current_route": "repom.monitoring.context",
     "mask_parameters": "repom.monitoring._tracker",

@@ -105,6 +105,15 @@ def sync_engine_of(target: Any) -> Engine:
 # --------------------------------------------------------------------------- figures
 
 
+def _pings_idle(pool: Pool) -> bool:
+    """Does repom's idle-connection liveness check (``repom.engine``) sit on this pool?"""
+    try:
+        listeners = list(pool.dispatch.checkout)
+    except Exception:  # pragma: no cover - a pool without the usual dispatch
+        return False
+    return any(getattr(fn, "__name__", "") == "_repom_checkout" for fn in listeners)
+
+
 def _pool_figures(pool: Pool, tracked_out: int) -> dict[str, Any]:
     """Size, use and limits of *pool*; *tracked_out* is the listener count (pools that keep
     none themselves).  ``capacity`` is the most connections the pool hands out at once before a
@@ -157,7 +166,8 @@ def _pool_figures(pool: Pool, tracked_out: int) -> dict[str, Any]:
         "utilization": round(utilization, 2),
         "timeout": timeout,
         "recycle": recycle if recycle is not None and recycle >= 0 else None,
-        "pre_ping": bool(getattr(pool, "_pre_ping", False)),
+        # SQLAlchemy's ping on every checkout, or repom's ping of idle connections only
+        "pre_ping": bool(getattr(pool, "_pre_ping", False)) or _pings_idle(pool),
     }
 
 

@@ -19,7 +19,8 @@ Counters: ``repom_pool_checkout_timeouts_total`` (``PoolExhausted``), ``repom_po
 ``repom_pool_disconnects_total``, ``repom_pool_long_checkouts_total``,
 ``repom_slow_statements_total``, ``repom_commits_total``, ``repom_rollbacks_total``, and
 ``repom_transaction_retries_total`` (label ``error`` instead of ``pool``) and
-``repom_on_commit_failures_total`` (label ``callback``).
+``repom_on_commit_failures_total`` (label ``callback``), ``repom_replica_skips_total``
+(labels ``database``, ``replica``, ``reason``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from prometheus_client.registry import Collector
 from repom.monitoring._stats import (
     Histogram,
     callback_failure_counts,
+    replica_skip_counts,
     retry_counts,
 )
 from repom.monitoring._tracker import Tracker, installed_trackers
@@ -162,6 +164,14 @@ class RepomCollector(Collector):
         for callback, n in sorted(callback_failure_counts().items()):
             failures.add_metric([callback], float(n))
         yield failures
+        skips = CounterMetricFamily(
+            f"{ns}_replica_skips",
+            "Read-only transactions a replica did not serve (down, lagging, behind, promoted)",
+            labels=["database", "replica", "reason"],
+        )
+        for (database, replica, reason), n in sorted(replica_skip_counts().items()):
+            skips.add_metric([database, replica, reason], float(n))
+        yield skips
 
 
 _registered: weakref.WeakKeyDictionary[CollectorRegistry, RepomCollector] = (
