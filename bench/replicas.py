@@ -11,12 +11,13 @@ every server holds the same rows from the start.
 The load: 32 asyncio tasks in all, asyncpg, spread over ``--procs`` client processes (default 2)
 so that one Python interpreter's GIL is not the ceiling.  Every engine has a pool as large as its
 process's task count (no overflow), so no task ever waits for a pooled connection; apart from
-that, repom runs with its default configuration (``pool_pre_ping=True``,
-``replica_wait=0.5``, ``replica_max_lag=5``).  Variants run interleaved, round by round, in a
-rotating order, on the same rows.  For every batch the machine's CPU is sampled from ``/proc``:
-the client processes, each PostgreSQL server (postmaster and its children) and idle, as shares
-of the whole machine.  On a machine with few cores every server shares the same CPUs with the
-clients, so more replicas cannot add capacity there; the table says so when it is the case.
+that, repom runs with its default configuration (recorded in the result's configuration line).
+Variants run interleaved, round by round, in a rotating order, on the same rows.  For every batch
+the CPU time of the client processes and of each PostgreSQL server (postmaster and children,
+scheduler clock from ``/proc``) is recorded, per operation and as shares of the whole machine,
+beside "other" (processes outside the benchmark, the kernel) and idle.  On a machine with few
+cores the servers share the CPUs with each other and with the clients, so more replicas cannot
+add capacity there; the result says so when the CPUs were saturated.
 
 1. **Read throughput.**  A read-only transaction = a ``SELECT`` by primary key and a range
    ``SELECT`` of 10 rows.  repom ``transaction(database=db, read_only=True)`` on an
@@ -27,16 +28,19 @@ clients, so more replicas cannot add capacity there; the table says so when it i
 2. **Read-your-writes.**  Each task loops over (write transaction: ``UPDATE ... RETURNING`` of
    a row of its own; then a read-only transaction reading that row back): repom with 1 replica
    (read-your-writes: the write reads ``pg_current_wal_lsn()`` after ``COMMIT``, the read checks
-   the replica's replay position first), the same with ``replica=False`` (the write still reads
-   its WAL position, the read goes to the primary), repom without replicas, raw SQLAlchemy and
-   advanced-alchemy on the primary, and raw SQLAlchemy writing to the primary and reading from
-   the standby without any causality (the reads it got back stale are counted).  Then, read-only
-   loops on repom with 1 replica: in a context that has not written (the replica's lag is
-   checked at most once a second) against one that committed a write beforehand (every read
-   checks the replay position: one more round trip), with raw SQLAlchemy on the standby beside.
+   the replica's replay position first and waits for it if needed), the same with
+   ``replica=False`` (the write still reads its WAL position, the read goes to the primary),
+   repom without replicas, raw SQLAlchemy and advanced-alchemy on the primary, and raw
+   SQLAlchemy writing to the primary and reading from the standby without any causality (the
+   reads it got back stale are counted).
+3. **A read after a write.**  Read-only loops on repom with 1 replica, in a context that has not
+   written against one that committed a write beforehand (its reads must find the write
+   replayed), with raw SQLAlchemy on the standby beside.
 
-Reported: medians over the rounds; ratios are the median over rounds of the per-round ratio, so
-slow drifts of a shared machine cancel out.
+After the timed rounds, diagnostic batches (not in the tables) count the statements repom sends
+to the standby per read (state checks, 5 ms replay waits) and sample what the standby's replay
+process is doing.  Reported: medians over the rounds; ratios are the median over rounds of the
+per-round ratio, so slow drifts of a shared machine cancel out.
 
 Run: ``python -m bench.replicas [--rounds N] [--transactions N] [--procs N]``.
 """
@@ -62,9 +66,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
+from bench._meta import stamp
 from repom.config import RepomConfig
 from repom.database import AsyncDatabase
-from repom.monitoring._stats import replica_skip_counts
+from repom.monitoring import replica_skip_counts
 from repom.transactions import Causality, transaction, use_causality
 from tests.support.topology import (  # the servers the topology tests use
     PostgresInstance,
@@ -525,17 +530,20 @@ def measure(clients: Clients, settings: dict[str, Any], standby_url: str) -> str
             names = list(into)
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 into[name].append(clients.run(f"{section}: {name}", count))
-    # diagnostics, after the timed rounds: statements repom sent to the standby, and what the
-    # standby's replay process was doing meanwhile
+    # diagnostics, after the timed rounds: statements repom sent to the standby per read, and
+    # what the standby's replay process was doing meanwhile
+    diag: dict[str, Batch] = {}
     replay = Replay()
     stop = threading.Event()
     sampler = threading.Thread(target=_sample_replay, args=(standby_url, stop, replay))
     sampler.start()
     try:
-        diag = clients.run(f"pairs: {PAIRS[0]}", pairs_n, diagnose=True)
+        diag[PAIRS[0]] = clients.run(f"pairs: {PAIRS[0]}", pairs_n, diagnose=True)
     finally:
         stop.set()
         sampler.join()
+    for name in AFTER[:2]:
+        diag[name] = clients.run(f"after: {name}", n, diagnose=True)
     return report(reads, pairs, after, diag, replay, settings)
 
 
@@ -553,6 +561,14 @@ def _skipped(values: list[Batch]) -> str:
             if key.startswith("skip "):
                 totals[key[5:]] = totals.get(key[5:], 0) + count
     return ", ".join(f"{reason} {count}" for reason, count in sorted(totals.items())) or "-"
+
+
+def _per_read(batch: Batch) -> str:
+    reads = batch.stats.get("reads", 0) or 1
+    return (
+        f"{batch.stats.get('checks', 0) / reads:.2f} state checks and "
+        f"{batch.stats.get('polls', 0) / reads:.2f} waits of 5 ms per read"
+    )
 
 
 def _delta(batches: dict[str, list[Batch]], name: str, base: str) -> str:
@@ -575,7 +591,7 @@ def report(
     reads: dict[str, list[Batch]],
     pairs: dict[str, list[Batch]],
     after: dict[str, list[Batch]],
-    diag: Batch,
+    diag: dict[str, Batch],
     replay: Replay,
     settings: dict[str, Any],
 ) -> str:
@@ -595,13 +611,13 @@ def report(
         f"PostgreSQL 15 primary + 2 streaming hot standbys, all on this machine ({cpus} CPUs); "
         f"{TASKS} asyncio tasks over {procs} client processes, asyncpg, {ROWS:,} rows; median "
         f"of {rounds} interleaved rounds; standbys with hot_standby_feedback = "
-        f"{'on' if feedback else 'off (the default)'}; repom with its defaults "
-        "(pool_pre_ping=True, replica_wait=0.5 s, replica_max_lag=5 s), every pool as large as "
-        "its process's task count.  *On a standby*: share of all reads a standby served; "
+        f"{'on' if feedback else 'off (the default)'}; repom with its defaults (configuration "
+        "line at the end) except that every pool is as large as its process's task count.  "
+        "*On a standby*: share of all reads a standby served; "
         "*skips*: replicas repom skipped, by reason.  *client/server CPU µs/op*: CPU time of "
         "the client processes, and of the three servers (postmaster and children, scheduler "
-        "clock), per operation (transaction or pair): unlike throughput, hardly disturbed by "
-        "other load on the machine.  *CPU* columns: share of the whole machine's CPU during "
+        "clock), per operation (transaction or pair): less disturbed than throughput by other "
+        "load on the machine.  *CPU* columns: share of the whole machine's CPU during "
         "the batch: the client processes, each server, other processes and the kernel, idle.  "
         "All figures are medians over the rounds.",
         "",
@@ -635,6 +651,19 @@ def report(
             f"| {name} | {rate:,.0f} | {ratio[name]:.2f}x | {_served(values)} | "
             f"{_skipped(values)} | {_shares(values)} |"
         )
+    lagging = sum(
+        b.stats.get("skip lagging", 0) for v in (*reads.values(), *after.values()) for b in v
+    )
+    if lagging:
+        lines += [
+            "",
+            f"repom skipped a replica as lagging {lagging} time(s) during read-only batches.  "
+            "repom's lag is `now() - pg_last_xact_replay_timestamp()` whenever the standby has "
+            "received WAL it has not replayed yet: after a stretch without commits on the "
+            "primary (read-only batches), any WAL without a commit (page pruning by the reads, "
+            "a checkpoint) makes a standby that is milliseconds behind look as far behind as "
+            "the time since the last commit, past replica_max_lag.",
+        ]
     by_replicas = _ratios(reads, READS[0])
     lines += [
         "",
@@ -666,21 +695,20 @@ def report(
             f"{_served(values)} | {_skipped(values)} | {stale} of {total} | "
             f"{_shares(values)} |"
         )
-    ryw, pinned, plain = PAIRS[:3]
+    ryw = diag[PAIRS[0]]
     samples = sum(replay.waits.values()) or 1
     lines += [
         "",
         f"Read-your-writes on the replica vs the same reads pinned to the primary "
-        f"(replica=False): {_delta(pairs, ryw, pinned)}.  replica=False vs no replicas at all "
-        "(what remains is the write's `pg_current_wal_lsn()` round trip after COMMIT): "
-        f"{_delta(pairs, pinned, plain)}.  repom without replicas vs SQLAlchemy: "
-        f"{_delta(pairs, plain, PAIRS[3])}.",
+        f"(replica=False): {_delta(pairs, PAIRS[0], PAIRS[1])}.  replica=False vs no replicas at "
+        "all (what remains is the write's `pg_current_wal_lsn()` round trip after COMMIT): "
+        f"{_delta(pairs, PAIRS[1], PAIRS[2])}.  repom without replicas vs SQLAlchemy: "
+        f"{_delta(pairs, PAIRS[2], PAIRS[3])}.",
         "",
-        f"Diagnostics, one extra batch of {diag.stats['reads']} read-your-writes pairs after the "
-        f"timed rounds (not in the table): {diag.stats.get('checks', 0)} replay checks and "
-        f"{diag.stats.get('polls', 0)} server-side waits of 5 ms on the standby; "
-        f"{diag.stats['reads'] - diag.stats['replica']} reads went to the primary "
-        f"(skips: {_skipped([diag])}).  Standby 1's replay process, sampled every ~5 ms: "
+        f"Diagnostics, one extra batch of {ryw.stats['reads']} read-your-writes pairs after the "
+        f"timed rounds (not in the table): {_per_read(ryw)}; "
+        f"{ryw.stats['reads'] - ryw.stats['replica']} reads went to the primary (skips: "
+        f"{_skipped([ryw])}).  Standby 1's replay process meanwhile, sampled every ~5 ms: "
         + ", ".join(
             f"{wait} {count / samples:.0%}"
             for wait, count in sorted(replay.waits.items(), key=lambda item: -item[1])
@@ -719,9 +747,9 @@ def report(
     lines += [
         "",
         f"Context that wrote before vs never wrote: {_delta(after, AFTER[1], AFTER[0])}.  "
-        "After a write every read checks the "
-        "standby's replay position (one more round trip); without one, the lag is checked at "
-        "most once a second per replica and client process.",
+        f"Statements repom sent to the standby (diagnostic batches of {n} reads after the timed "
+        f"rounds): never wrote, {_per_read(diag[AFTER[0]])}; wrote before, "
+        f"{_per_read(diag[AFTER[1]])}.",
     ]
     return "\n".join(lines)
 
@@ -776,6 +804,17 @@ def main(argv: list[str] | None = None) -> None:
             standby.stop()
         primary.stop()
         shutil.rmtree(root, ignore_errors=True)
+    config = RepomConfig()
+    extra = {
+        "pool_ping_idle": getattr(config, "pool_ping_idle", None),
+        "replica_wait": config.replica_wait,
+        "replica_max_lag": config.replica_max_lag,
+        "standbys": 2,
+        "hot_standby_feedback": "on" if args.hot_standby_feedback else "off",
+        "client processes": args.procs,
+        "pools in this run": f"{-(-TASKS // args.procs)} per engine, no overflow",
+    }
+    table += "\n\n" + stamp(extra)
     print(table)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "replicas.md").write_text(table + "\n")

@@ -18,8 +18,11 @@ Elsewhere (SQLite, MySQL/MariaDB) the same operations use executemany / insertma
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy import (
@@ -43,8 +46,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect as orm_inspect
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.orm import Session, attributes
+from sqlalchemy.orm import Session, attributes, make_transient_to_detached
 from sqlalchemy.orm.base import NO_VALUE
+from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.sqltypes import JSON, Enum, TypeDecorator
 from sqlalchemy.types import TypeEngine
 
@@ -489,10 +493,17 @@ def op_bulk_create(
     results: list[Any] = []
     total = 0
     conn: Connection | None = None
-    if chunk_size is None and returning != "objects" and method != "insert":
-        bind = session.get_bind(info.mapper)
-        if bind.dialect.name == "postgresql":
-            size = COPY_CHUNK  # COPY: fewer, larger batches
+    iterator = iter(items)
+    first = next(iterator, None)
+    if first is None:
+        return 0 if returning is None else []
+    items = itertools.chain((first,), iterator)
+    if chunk_size is None and method != "insert":
+        if returning != "objects" or isinstance(first, info.model):
+            bind = session.get_bind(info.mapper)
+            if bind.dialect.name == "postgresql":
+                size = COPY_CHUNK  # COPY: fewer, larger batches
+    plan: _InstancePlan | bool | None = False  # False: not looked at yet
     for chunk in _chunks(items, size):
         instances = [item for item in chunk if isinstance(item, info.model)]
         if instances:
@@ -501,19 +512,32 @@ def op_bulk_create(
                     "bulk_create() got model instances mixed with other rows; pass one kind",
                     option="items",
                 )
-            if method == "copy":
-                raise InvalidOptionError(
-                    "method='copy' takes rows (dicts or pydantic models), not model instances",
-                    option="method",
-                )
             validator(info).check_objects(instances)
-            session.add_all(instances)
-            flush(session)
+            if plan is False:
+                plan = _instance_plan(session, info)
+            fast = plan.rows(instances) if isinstance(plan, _InstancePlan) else None
+            if fast is not None:
+                if conn is None:
+                    conn = session.connection(bind_arguments={"mapper": info.mapper})
+                new_keys = _insert_instances(session, conn, info, instances, fast, method)
+            else:
+                if method == "copy":
+                    raise InvalidOptionError(
+                        "method='copy' cannot write these model instances: they need the unit "
+                        "of work (relationships, insert events, server-side values); use "
+                        "method='auto'",
+                        option="method",
+                    )
+                session.add_all(instances)
+                flush(session)
+                new_keys = None
             total += len(instances)
             if returning == "objects":
                 results.extend(instances)
             elif returning == "keys":
-                results.extend(info.pk_value(info.identity_of(obj)) for obj in instances)
+                if new_keys is None:
+                    new_keys = [info.pk_value(info.identity_of(obj)) for obj in instances]
+                results.extend(new_keys)
             continue
         rows = [_row(info, item, "bulk_create()") for item in chunk]
         validator(info).check_rows(rows)
@@ -535,6 +559,151 @@ def op_bulk_create(
             if returning == "keys":
                 results.extend(cast(list[Any], created))
     return total if returning is None else results
+
+
+# --------------------------------------------------------------------------- model instances
+
+_MISSING: Any = object()
+_DEFAULT, _NULL, _REQUIRED = 0, 1, 2
+#: session events that expect to see every flushed object
+_FLUSH_EVENTS = ("before_flush", "after_flush", "after_flush_postexec")
+
+
+class _InstancePlan:
+    """How plain model instances of one class become rows of the dict path.
+
+    Per column (in mapper order): the instance's value; when it has none (or ``None``, which
+    the ORM leaves out of its INSERT as well), the column's Python-side default computed as the
+    ORM computes it, ``None`` for a column with no default at all, or "unit of work needed"
+    for a column whose value only the server knows (server default, SQL-expression default,
+    sequence).  The serial key is left to the database (reserved or returned); the version
+    counter gets ``version_id_generator(None)``, as the ORM sets it on INSERT.
+    """
+
+    def __init__(self, info: ModelInfo[Any], table: Table) -> None:
+        mapper = info.mapper
+        serial = _autoincrement(table)
+        eval_none = mapper._insert_cols_evaluating_none[table]
+        self.info = info
+        self.serial_key: str | None = None
+        self.version_key = info.version_key
+        self.version_fn: Any = mapper.version_id_generator
+        self.relationships = tuple(info.relationships)
+        self.steps: list[tuple[str, int, Any, bool]] = []
+        for key, column in info.columns.items():
+            if key == self.version_key:
+                continue
+            if serial is not None and column is serial and key in info.pk_keys:
+                self.serial_key = key
+                continue
+            fn = _python_default(column)
+            if callable(fn):
+                self.steps.append((key, _DEFAULT, fn, column in eval_none))
+            elif fn is None and column.server_default is None:
+                self.steps.append((key, _NULL, None, column in eval_none))
+            else:
+                self.steps.append((key, _REQUIRED, None, column in eval_none))
+
+    def row(self, obj: Any) -> dict[str, Any] | None:
+        """The row of one instance; ``None`` when it needs the unit of work."""
+        state = attributes.instance_state(obj)
+        if state.key is not None or state.session_id is not None:
+            return None  # not transient: the session already knows it
+        data = state.dict
+        for key in self.relationships:
+            if key in data:
+                return None  # a relationship was set (or a collection touched)
+        row: dict[str, Any] = {}
+        for key, kind, fn, eval_none in self.steps:
+            value = data.get(key, _MISSING)
+            if value is None and not eval_none:
+                value = _MISSING
+            if value is not _MISSING:
+                if _is_clause(value):
+                    return None
+                row[key] = value
+            elif kind == _DEFAULT:
+                row[key] = fn(row)
+            elif kind == _NULL:
+                row[key] = None
+            else:
+                return None
+        if self.serial_key is not None:
+            value = data.get(self.serial_key)
+            if value is not None:
+                if _is_clause(value):
+                    return None
+                row[self.serial_key] = value
+        if self.version_key is not None:
+            row[self.version_key] = self.version_fn(None)
+        return row
+
+    def rows(self, objects: Sequence[Any]) -> list[dict[str, Any]] | None:
+        """The rows of a chunk; ``None`` when any instance needs the unit of work (the whole
+        chunk then goes through it, so rows keep their input order)."""
+        out = []
+        for obj in objects:
+            row = self.row(obj)
+            if row is None:
+                return None
+            out.append(row)
+        return out
+
+
+#: value types that are never SQL expressions (skips the check for the common case)
+_PLAIN: frozenset[type] = frozenset(
+    {str, int, float, bool, bytes, Decimal, uuid.UUID, dt.datetime, dt.date, dt.time, dict, list}
+)
+
+
+def _is_clause(value: Any) -> bool:
+    if type(value) in _PLAIN:
+        return False
+    return isinstance(value, ClauseElement) or hasattr(value, "__clause_element__")
+
+
+def _instance_plan(session: Session, info: ModelInfo[Any]) -> _InstancePlan | None:
+    """The row path for instances of *info*'s class, or ``None`` when the class needs the unit
+    of work: not a single-table mapping, ``before_insert``/``after_insert`` mapper listeners,
+    flush listeners on the session, or a version counter the server sets."""
+    mapper = info.mapper
+    table = info.table
+    if table is None or mapper.inherits is not None or mapper.polymorphic_on is not None:
+        return None
+    if mapper.dispatch.before_insert or mapper.dispatch.after_insert:
+        return None
+    if any(getattr(session.dispatch, name) for name in _FLUSH_EVENTS):
+        return None
+    if info.version_key is not None and not callable(mapper.version_id_generator):
+        return None
+    return _InstancePlan(info, table)
+
+
+def _insert_instances(
+    session: Session,
+    conn: Connection,
+    info: ModelInfo[Any],
+    instances: Sequence[Any],
+    rows: list[dict[str, Any]],
+    method: Any,
+) -> list[Any]:
+    """Write the rows of *instances* as dict rows are written (COPY, unnest or executemany),
+    then make the instances persistent: values and keys set, nothing pending, in the identity
+    map (``make_transient_to_detached`` + ``add``).  Returns the keys, in input order."""
+    keys: list[Any] = []
+    for group_keys, group in _groups(rows):
+        created = _insert_rows(session, conn, info, group_keys, group, "keys", method)
+        keys.extend(cast(list[Any], created))
+    pk_keys = info.pk_keys
+    single = len(pk_keys) == 1
+    for obj, row, key in zip(instances, rows, keys, strict=True):
+        data = attributes.instance_state(obj).dict
+        data.update(row)
+        if single and data.get(pk_keys[0]) is None:
+            data[pk_keys[0]] = key  # generated by the database
+        make_transient_to_detached(obj)
+    session.add_all(instances)
+    return keys
 
 
 def _insert_objects(
