@@ -75,6 +75,8 @@ class Replica:
     down_until: float = 0.0
     lag_checked_at: float = -1e9
     lag: float | None = None
+    last_replay: int = 0  # replay position at the last check
+    stalled_since: float | None = None  # since when replay has not moved with WAL pending
 
     @classmethod
     def of(cls, engine: Any) -> Replica:

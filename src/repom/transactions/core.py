@@ -588,11 +588,10 @@ _SET_LOCAL = text("SELECT set_config(:name, :value, true)")
 
 _REPLICA_STATE = text(
     "SELECT pg_is_in_recovery(), CAST(pg_last_wal_replay_lsn() AS text), "
-    "CASE WHEN pg_last_wal_receive_lsn() IS NULL "
-    "OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0 "
-    "ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
+    "CAST(pg_last_wal_receive_lsn() AS text)"
 )
-_REPLAY_LSN = text("SELECT CAST(pg_last_wal_replay_lsn() AS text), pg_sleep(:pause)")
+_REPLAY_LSN = text("SELECT CAST(pg_last_wal_replay_lsn() AS text)")
+_REPLAY_POLL = 0.002  # seconds between two looks at a replica's replay position
 _PRIMARY_LSN = text("SELECT CAST(pg_current_wal_lsn() AS text)")
 
 
@@ -618,39 +617,82 @@ def format_lsn(value: int) -> str:
 
 
 def _check_replica(conn: Connection, state: _TxState) -> None:
-    """Is the replica fit for this transaction: up, still in recovery, not lagging past
-    ``replica_max_lag``, and (read-your-writes) past this context's last commit?  One round trip
-    (more only while waiting for replay).  Raises :class:`_ReplicaUnusable` otherwise."""
+    """Is the replica fit for this transaction: up, still in recovery, replaying, and
+    (read-your-writes) past this context's last commit?  One round trip.  Raises
+    :class:`_ReplicaUnusable` otherwise.
+
+    Lag is judged by progress, not by ``pg_last_xact_replay_timestamp()`` (after a quiet spell
+    with no commits that timestamp makes a replica milliseconds behind look as old as the last
+    commit): a replica that has received WAL it has not replayed, and whose replay position has
+    not moved for ``replica_max_lag`` seconds, is lagging."""
     replica = state.replica
     database = state.database
     assert replica is not None and database is not None
     now = time.monotonic()
-    required = state.required_lsn
     config = database.config
     try:
         # every replica transaction checks its server first: a replica that went down between
         # two transactions is found here, before any statement of the caller's can fail
-        in_recovery, replayed, lag = conn.execute(_REPLICA_STATE).one()
+        in_recovery, replayed, received = conn.execute(_REPLICA_STATE).one()
     except Exception as exc:
         raise _ReplicaUnusable("down", type(translate(exc)).__name__) from exc
     if not in_recovery:
         raise _ReplicaUnusable("not_a_replica", "the server is not in recovery (promoted?)")
-    replica.lag_checked_at = now
-    replica.lag = float(lag or 0.0)
-    if replica.lag > config.replica_max_lag:
-        raise _ReplicaUnusable("lagging", f"{replica.lag:.1f}s behind")
-    if required is None:
-        return
     position = parse_lsn(replayed) or 0
-    deadline = now + config.replica_wait
-    while position < required:
-        if time.monotonic() >= deadline:
-            raise _ReplicaUnusable(
-                "behind", f"replayed {replayed}, this context committed {format_lsn(required)}"
-            )
-        # wait on the server (no client-side sleep: async code stays on its event loop)
-        replayed = conn.execute(_REPLAY_LSN, {"pause": 0.005}).one()[0]
-        position = parse_lsn(replayed) or 0
+    pending = (parse_lsn(received) or 0) > position
+    if not pending or position != replica.last_replay:
+        replica.last_replay = position
+        replica.stalled_since = now if pending else None
+    replica.lag_checked_at = now
+    replica.lag = now - replica.stalled_since if replica.stalled_since is not None else 0.0
+    if replica.lag > config.replica_max_lag:
+        raise _ReplicaUnusable("lagging", f"replay has not moved for {replica.lag:.1f}s")
+    required = state.required_lsn
+    if required is not None and position < required:
+        raise _ReplicaUnusable(
+            "behind", f"replayed {replayed}, this context committed {format_lsn(required)}"
+        )
+
+
+def _replay_reached(position: str | None, required: int) -> bool:
+    return (parse_lsn(position) or 0) >= required
+
+
+def _wait_for_replay(state: _TxState) -> bool:
+    """Read-your-writes, before the read-only transaction starts: poll the replica's replay
+    position on a connection of its own, outside any transaction (a read that waited inside
+    its transaction would hold a snapshot, and the standby's replay can wait on that very
+    snapshot).  True when the replica caught up within ``replica_wait``."""
+    replica, database, required = state.replica, state.database, state.required_lsn
+    assert replica is not None and database is not None and required is not None
+    deadline = time.monotonic() + database.config.replica_wait
+    try:
+        with replica.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            while not _replay_reached(conn.execute(_REPLAY_LSN).scalar(), required):
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(_REPLAY_POLL)
+    except Exception:
+        return True  # the transaction's own check finds out what is wrong with the replica
+    return True
+
+
+async def _await_replay(state: _TxState) -> bool:
+    """:func:`_wait_for_replay` for async code (the event loop keeps running meanwhile)."""
+    replica, database, required = state.replica, state.database, state.required_lsn
+    assert replica is not None and database is not None and required is not None
+    deadline = time.monotonic() + database.config.replica_wait
+    try:
+        async with replica.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            while not _replay_reached((await conn.execute(_REPLAY_LSN)).scalar(), required):
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(_REPLAY_POLL)
+    except Exception:
+        return True
+    return True
 
 
 def _wrote(sync_session: Session, state: _TxState) -> bool:
@@ -987,6 +1029,16 @@ class Transaction:
                 scope.state.required_lsn = _required_lsn(database)
         return scope, sync
 
+    def _primary_instead(self, scope: _Scope, sync: Session | None) -> Session:
+        """The replica did not replay this context's last commit in time: the primary."""
+        if sync is not None:
+            sync.close()
+        self._skip_replica(scope, _ReplicaUnusable("behind", "replay did not catch up"))
+        primary = self._on_primary()
+        session = primary.__enter__()
+        self._entered().append(primary._take_entered())
+        return session
+
     def _on_primary(self) -> Transaction:
         """The same transaction pinned to the primary (a replica could not serve it)."""
         return Transaction(replace(self._options, replica=False))
@@ -1021,6 +1073,10 @@ class Transaction:
 
     def __enter__(self) -> Session:
         scope, sync = self._new_scope(False)
+        state = scope.state
+        if state is not None and state.replica is not None and state.required_lsn is not None:
+            if not _wait_for_replay(state):
+                return self._primary_instead(scope, sync)
         try:
             _enter_sync(sync, scope)
         except _ReplicaUnusable as unusable:
@@ -1074,6 +1130,15 @@ class Transaction:
 
     async def __aenter__(self) -> AsyncSession:
         scope, _sync = self._new_scope(True)
+        state = scope.state
+        if state is not None and state.replica is not None and state.required_lsn is not None:
+            if not await _await_replay(state):
+                await _shielded(cast("AsyncSession", state.session).close())
+                self._skip_replica(scope, _ReplicaUnusable("behind", "replay did not catch up"))
+                primary = self._on_primary()
+                session = await primary.__aenter__()
+                self._entered().append(primary._take_entered())
+                return session
         if scope.kind in ("begin", "savepoint"):
             assert scope.state is not None
             async_session = cast("AsyncSession", scope.state.session)
