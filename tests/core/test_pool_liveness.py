@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -255,13 +256,15 @@ def own_server() -> Iterator[PostgresInstance]:
         if IN_CI:
             pytest.fail(f"restart tests cannot run: {missing}")
         pytest.skip(missing)
-    server = PostgresInstance(make_root("repom-liveness-"))
-    server.start()
+    root = make_root("repom-liveness-")
+    server = PostgresInstance(root)
     try:
+        server.start()
         _create_table(server.url())
         yield server
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def restart(server: PostgresInstance) -> None:

@@ -654,15 +654,21 @@ def _check_replica(conn: Connection, state: _TxState) -> None:
         )
 
 
+def _waits_for_replay(state: _TxState | None) -> bool:
+    """Read-your-writes: does this replica transaction first wait for replay?"""
+    return state is not None and state.replica is not None and state.required_lsn is not None
+
+
 def _replay_reached(position: str | None, required: int) -> bool:
     return (parse_lsn(position) or 0) >= required
 
 
-def _wait_for_replay(state: _TxState) -> bool:
+def _wait_for_replay(state: _TxState | None) -> bool:
     """Read-your-writes, before the read-only transaction starts: poll the replica's replay
     position on a connection of its own, outside any transaction (a read that waited inside
     its transaction would hold a snapshot, and the standby's replay can wait on that very
     snapshot).  True when the replica caught up within ``replica_wait``."""
+    assert state is not None
     replica, database, required = state.replica, state.database, state.required_lsn
     assert replica is not None and database is not None and required is not None
     deadline = time.monotonic() + database.config.replica_wait
@@ -678,8 +684,9 @@ def _wait_for_replay(state: _TxState) -> bool:
     return True
 
 
-async def _await_replay(state: _TxState) -> bool:
+async def _await_replay(state: _TxState | None) -> bool:
     """:func:`_wait_for_replay` for async code (the event loop keeps running meanwhile)."""
+    assert state is not None
     replica, database, required = state.replica, state.database, state.required_lsn
     assert replica is not None and database is not None and required is not None
     deadline = time.monotonic() + database.config.replica_wait
@@ -1029,15 +1036,15 @@ class Transaction:
                 scope.state.required_lsn = _required_lsn(database)
         return scope, sync
 
-    def _primary_instead(self, scope: _Scope, sync: Session | None) -> Session:
-        """The replica did not replay this context's last commit in time: the primary."""
-        if sync is not None:
-            sync.close()
-        self._skip_replica(scope, _ReplicaUnusable("behind", "replay did not catch up"))
-        primary = self._on_primary()
-        session = primary.__enter__()
+    def _to_primary(self, scope: _Scope, unusable: _ReplicaUnusable) -> Transaction:
+        """The replica could not serve this transaction: note it, and pin it to the primary.
+        The caller enters the returned transaction and hands its scope to :meth:`_adopt`."""
+        self._skip_replica(scope, unusable)
+        return self._on_primary()
+
+    def _adopt(self, primary: Transaction) -> None:
+        """This object's exit closes the primary scope entered in its stead."""
         self._entered().append(primary._take_entered())
-        return session
 
     def _on_primary(self) -> Transaction:
         """The same transaction pinned to the primary (a replica could not serve it)."""
@@ -1073,17 +1080,16 @@ class Transaction:
 
     def __enter__(self) -> Session:
         scope, sync = self._new_scope(False)
-        state = scope.state
-        if state is not None and state.replica is not None and state.required_lsn is not None:
-            if not _wait_for_replay(state):
-                return self._primary_instead(scope, sync)
         try:
+            if _waits_for_replay(scope.state) and not _wait_for_replay(scope.state):
+                raise _ReplicaUnusable("behind", "replay did not catch up in time")
             _enter_sync(sync, scope)
         except _ReplicaUnusable as unusable:
-            self._skip_replica(scope, unusable)
-            primary = self._on_primary()
+            if sync is not None:
+                sync.close()
+            primary = self._to_primary(scope, unusable)
             session = primary.__enter__()
-            self._entered().append(primary._take_entered())
+            self._adopt(primary)
             return session
         except Exception as exc:
             _raise_translated(exc)
@@ -1130,26 +1136,18 @@ class Transaction:
 
     async def __aenter__(self) -> AsyncSession:
         scope, _sync = self._new_scope(True)
-        state = scope.state
-        if state is not None and state.replica is not None and state.required_lsn is not None:
-            if not await _await_replay(state):
-                await _shielded(cast("AsyncSession", state.session).close())
-                self._skip_replica(scope, _ReplicaUnusable("behind", "replay did not catch up"))
-                primary = self._on_primary()
-                session = await primary.__aenter__()
-                self._entered().append(primary._take_entered())
-                return session
         if scope.kind in ("begin", "savepoint"):
             assert scope.state is not None
             async_session = cast("AsyncSession", scope.state.session)
             try:
+                if _waits_for_replay(scope.state) and not await _await_replay(scope.state):
+                    raise _ReplicaUnusable("behind", "replay did not catch up in time")
                 await async_session.run_sync(_enter_sync, scope)
             except _ReplicaUnusable as unusable:
                 await _shielded(async_session.close())
-                self._skip_replica(scope, unusable)
-                primary = self._on_primary()
+                primary = self._to_primary(scope, unusable)
                 session = await primary.__aenter__()
-                self._entered().append(primary._take_entered())
+                self._adopt(primary)
                 return session
             except BaseException as exc:
                 if scope.owns_session and scope.kind == "begin":
