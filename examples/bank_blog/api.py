@@ -2,9 +2,9 @@
 
 * ``AsyncDbSession`` -- the request owns one transaction, committed before the response is sent
   (a failed commit becomes an error response); services called from it join it;
-* no session at all -- the service opens its own transaction (``POST /transfers`` needs its own
-  SERIALIZABLE transaction so that it can be retried as a whole; ``GET /reports/bank`` reads in
-  a read-only one);
+* no session at all -- the service opens its own transaction (``POST /transfers`` locks two
+  accounts in its own transaction, which a retry policy can run again as a whole;
+  ``GET /reports/bank`` reads in a read-only one);
 * repositories never commit: they flush, and the owner of the transaction commits.
 """
 
@@ -137,7 +137,7 @@ async def account_transfers(
     responses={409: {"description": "Insufficient funds"}},
 )
 async def create_transfer(data: TransferIn) -> TransferOut:
-    """SERIALIZABLE, retried as a whole after serialization failures (no request session)."""
+    """Its own transaction (no request session): both accounts locked in key order."""
     return TransferOut.model_validate(await services.transfer(data))
 
 

@@ -48,6 +48,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--users", type=int, default=12, help="users to seed into an empty database"
     )
     parser.add_argument("--keep", action="store_true", help="reuse the SQLite file of the last run")
+    parser.add_argument(
+        "--json", default=None, metavar="PATH", help="also write the figures as JSON to PATH"
+    )
     return parser.parse_args(argv)
 
 
@@ -124,13 +127,13 @@ def summary(result: ScenarioResult, retries: int, timings: dict[str, float], out
     out.print(table)
 
     run = result.transfers
-    figures = Table(title="Concurrent transfers (SERIALIZABLE, retried as a whole)")
+    figures = Table(title="Concurrent transfers (accounts locked in key order)")
     figures.add_column("figure")
     figures.add_column("value", justify="right")
     figures.add_row("requests", f"{run.attempted}")
     for status, count in sorted(run.statuses.items()):
         figures.add_row(f"  HTTP {status}", f"{count}")
-    figures.add_row("serialization retries (server side)", f"{retries}")
+    figures.add_row("transaction retries (server side)", f"{retries}")
     figures.add_row("retries after 503 + Retry-After (client)", f"{run.client_retries}")
     figures.add_row("money moved", f"{run.moved_cents / 100:,.2f} EUR")
     figures.add_row("throughput", f"{run.throughput:,.0f} req/s")
@@ -157,6 +160,28 @@ def summary(result: ScenarioResult, retries: int, timings: dict[str, float], out
     else:
         failed = [check.name for check in result.checks if not check.ok]
         out.print(f"[bold red]{len(failed)} check(s) failed:[/] " + "; ".join(failed))
+
+
+def write_figures(
+    path: Path, result: ScenarioResult, retries: int, timings: dict[str, float]
+) -> None:
+    """The run's figures as JSON (read by ``bench.demo_runs``)."""
+    import json
+
+    run = result.transfers
+    figures = {
+        "ok": result.ok,
+        "failed_checks": [check.name for check in result.checks if not check.ok],
+        "transfers": run.attempted,
+        "statuses": {str(k): v for k, v in sorted(run.statuses.items())},
+        "server_retries": retries,
+        "client_retries": run.client_retries,
+        "throughput": run.throughput,
+        "p50_ms": run.percentile(0.5),
+        "p95_ms": run.percentile(0.95),
+        "timings": timings,
+    }
+    path.write_text(json.dumps(figures, indent=2))
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -190,6 +215,8 @@ async def main_async(args: argparse.Namespace) -> int:
     finally:
         retry.retry_listeners.remove(count_retry)
     summary(result, retries, timings, out)
+    if args.json:
+        write_figures(Path(args.json), result, retries, timings)
     return 0 if result.ok else 1
 
 

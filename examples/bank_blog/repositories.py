@@ -6,6 +6,8 @@ sort on; the API publishes exactly these as query parameters (``repom.fastapi.fi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sqlalchemy import or_
 
 from examples.bank_blog.models import Account, Article, Profile, Transfer, User
@@ -22,6 +24,13 @@ class ProfileRepository(AsyncRepository[Profile]):
 
 class AccountRepository(AsyncRepository[Account]):
     orderable_fields = ("id", "balance_cents")
+
+    async def lock(self, ids: Iterable[int]) -> list[Account]:
+        """The accounts with these ids, locked until the transaction ends (``FOR UPDATE``).
+
+        The rows are locked in key order: two transactions locking overlapping accounts queue
+        behind each other instead of deadlocking."""
+        return await self.list(Account.id.in_(sorted(set(ids))), order_by="id", for_update=True)
 
 
 class TransferRepository(AsyncRepository[Transfer]):

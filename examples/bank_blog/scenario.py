@@ -91,6 +91,22 @@ class Scenario:
     async def get(self, url: str, **params: Any) -> httpx.Response:
         return await self.client.get(url, params=params or None)
 
+    async def post_honouring_retry_after(
+        self, url: str, payload: dict[str, Any], *, attempts: int = 5
+    ) -> httpx.Response:
+        """POST; a ``503`` with ``Retry-After`` (the server was briefly out of connections or
+        the database was busy: nothing was written) is sent again after the delay it asks for,
+        a few times at most."""
+        for _ in range(attempts - 1):
+            response = await self.client.post(url, json=payload)
+            retry_after = response.headers.get("Retry-After")
+            if response.status_code != 503 or retry_after is None:
+                return response
+            self.result.transfers.client_retries += 1
+            delay = min(float(retry_after), 5.0)
+            await asyncio.sleep(delay * self.rng.uniform(0.5, 1.0))
+        return await self.client.post(url, json=payload)
+
     async def report(self) -> dict[str, Any]:
         response = await self.get("/reports/bank")
         response.raise_for_status()
@@ -274,16 +290,10 @@ class Scenario:
         typical = max(1, statistics.median(self.start_balances.values()) // 10)
 
         async def one(source: int, target: int, amount: int) -> None:
+            payload = {"from_account_id": source, "to_account_id": target, "amount_cents": amount}
             async with gate:
                 start = time.perf_counter()
-                response = await self.client.post(
-                    "/transfers",
-                    json={
-                        "from_account_id": source,
-                        "to_account_id": target,
-                        "amount_cents": amount,
-                    },
-                )
+                response = await self.post_honouring_retry_after("/transfers", payload)
                 run.latencies_ms.append((time.perf_counter() - start) * 1000)
             run.statuses[response.status_code] += 1
             if response.status_code == 201:

@@ -32,6 +32,7 @@ import os
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine as sa_create_engine
@@ -40,7 +41,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.engine.interfaces import ExceptionContext
 
-from repom.config import RepomConfig, get_config, milliseconds
+from repom._sqlite_writes import install_write_queue
+from repom.config import get_config, milliseconds
 from repom.exceptions import (
     ConfigurationError,
     mark_commit_error,
@@ -51,6 +53,8 @@ from repom.urls import backend_name, is_memory_sqlite, validate_url
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from repom.config import RepomConfig
 
 __all__ = [
     "build_async_engine",
@@ -137,6 +141,12 @@ def install_engine_events(engine: Engine, config: RepomConfig) -> None:
     elif backend in ("mysql", "mariadb"):
         _install_mysql(engine)
     _mark_commit_errors(engine, rollback_after_failure=backend == "sqlite")
+    if backend == "sqlite":
+        # after _mark_commit_errors: a turn is given back once its rollback-after-failure ran
+        take_turn = None
+        if config.sqlite_write_queue:
+            take_turn = install_write_queue(engine, config.sqlite_busy_timeout)
+        _install_sqlite_begin(engine, take_turn)
     install_liveness_check(engine, config.pool_ping_idle)
     event.listen(engine, "handle_error", _translate_error, retval=True)
     _engines_to_reset_after_fork.add(engine)
@@ -329,10 +339,18 @@ def _install_sqlite(engine: Engine, config: RepomConfig) -> None:
             finally:
                 cursor.close()
 
+
+def _install_sqlite_begin(engine: Engine, take_turn: Callable[[Any], None] | None) -> None:
+    """SQLAlchemy's recipe: emit BEGIN ourselves (``BEGIN IMMEDIATE`` when the transaction asked
+    for it with the ``sqlite_begin`` execution option, after taking its turn in the process's
+    write queue, see :mod:`repom._sqlite_writes`)."""
+
     @event.listens_for(engine, "begin")
     def _sqlite_begin(connection: Any) -> None:
         mode = connection.get_execution_options().get("sqlite_begin")
         if mode == "immediate":
+            if take_turn is not None:
+                take_turn(connection)
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             connection.exec_driver_sql("BEGIN")
