@@ -3,6 +3,7 @@ its ``--serve`` variant, the scripted scenario on both databases, and the migrat
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -159,3 +160,41 @@ def test_load_benchmark_smoke(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "| repom | 40 |" in done.stdout and "| advanced-alchemy | 40 |" in done.stdout
     assert "OK: repom" in done.stdout
+
+
+@pytest.mark.parametrize("backend_name", ["sqlite", "postgresql"])
+def test_demo_default_run_needs_no_retries(backend_name: str, tmp_path: Path) -> None:
+    """The demo as ``./run demo`` runs it (400 transfers, 32 in flight): contention is handled
+    by locking, not by luck -- no request fails, and the server retries (almost) nothing."""
+    from bench.demo_runs import _pg_admin
+    from tests.support import require_postgres
+
+    database = None
+    if backend_name == "sqlite":
+        url = f"sqlite:///{tmp_path / 'default.sqlite3'}"
+    else:
+        base = require_postgres()
+        database = f"repom_demo_default_{os.getpid()}"
+        _pg_admin(base, f'DROP DATABASE IF EXISTS "{database}"')
+        _pg_admin(base, f'CREATE DATABASE "{database}"')
+        url = f"{base.rsplit('/', 1)[0]}/{database}"
+    figures_path = tmp_path / "figures.json"
+    try:
+        done = subprocess.run(
+            [*DEMO, "--database-url", url, "--json", str(figures_path)],
+            cwd=ROOT,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        if database:
+            _pg_admin(base, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(figures_path.read_text())
+    assert figures["ok"] and figures["transfers"] == 401
+    assert set(figures["statuses"]) <= {"201", "404", "409"}
+    assert figures["statuses"]["404"] == 1
+    assert figures["server_retries"] < 50  # one in eight transfers: a bound, not luck
+    assert figures["client_retries"] == 0
