@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import create_engine, inspect, pool, text
 
 MAIN = Path(__file__).resolve().parents[2]
-_BIN = MAIN / ".venv" / "bin" / "repom"
+# the `repom` script of the environment running the tests (the compatibility venvs have their own)
+_BIN = Path(sys.executable).parent / "repom"
 REPOM = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "repom.cli"]
 
 _CLEARED = (
@@ -186,10 +189,16 @@ def write_project(root: Path, *, nickname: bool = False) -> Path:
 
 
 def write_migration(
-    project: Path, rev: str, down: str | None, upgrade: str, downgrade: str = "pass"
+    project: Path,
+    rev: str,
+    down: str | None,
+    upgrade: str,
+    downgrade: str = "pass",
+    *,
+    folder: str = "migrations",
 ) -> Path:
     """A hand-written migration file."""
-    path = project / "migrations" / "versions" / f"{rev}_manual.py"
+    path = project / folder / "versions" / f"{rev}_manual.py"
     body = f'''"""{rev} manual"""
 import sqlalchemy as sa
 from alembic import op
@@ -263,3 +272,69 @@ def execute(url: str, *statements: str) -> list[list[tuple[object, ...]]]:
     finally:
         engine.dispose()
     return results
+
+
+# --------------------------------------------------------------------------- a terminal
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def run_tty(
+    args: list[str], cwd: Path, env: dict[str, str], *, answer: str | None = None
+) -> Result:
+    """Run the real `repom` executable on a pseudo-terminal (stdin, stdout and stderr), as a
+    person at a terminal would; *answer* is typed when a `[y/N]` question appears.  The output
+    (both streams, in `stdout`) comes back without colour codes."""
+    import pty
+    import select
+
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [*REPOM, *args], cwd=cwd, env=env, stdin=secondary, stdout=secondary, stderr=secondary
+    )
+    os.close(secondary)
+    raw = b""
+    asked = False
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([primary], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            raw += chunk
+            if answer is not None and not asked and b"[y/N]" in raw:
+                os.write(primary, answer.encode() + b"\n")
+                asked = True
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(primary)
+    text = ANSI.sub("", raw.decode("utf-8", errors="replace")).replace("\r\n", "\n")
+    assert "Traceback" not in text, text
+    return Result(args, code, text, "")
+
+
+def write_chain(project: Path, count: int, *, prefix: str = "r") -> list[str]:
+    """*count* hand-written migrations in a line, each creating one table; their ids in order."""
+    revisions = [f"{prefix}{number:02d}" for number in range(1, count + 1)]
+    down: str | None = None
+    for rev in revisions:
+        write_migration(
+            project,
+            rev,
+            down,
+            f'op.create_table("t_{rev}", sa.Column("id", sa.Integer, primary_key=True))',
+            f'op.drop_table("t_{rev}")',
+        )
+        down = rev
+    return revisions

@@ -101,9 +101,9 @@ def test_drop_is_refused_in_production_unless_forced(project: Path) -> None:
     result = run(["db", "drop", "--yes"], project, production, expect=1)
     assert_one_line_error(result, "refusing to drop", "environment=production", "--force")
     assert db.exists()
-    # without --yes and no terminal to confirm on: aborted, nothing dropped
+    # without --yes and no terminal to confirm on: refused, nothing dropped
     result = run(["db", "drop"], project, cli_env(url), expect=1)
-    assert "Aborted" in result.stderr
+    assert_one_line_error(result, "refusing to drop", "no terminal", "--yes")
     assert db.exists()
     assert "Dropped" in run(["db", "drop", "--yes", "--force"], project, production).stdout
     assert not db.exists()

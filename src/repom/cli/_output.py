@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 __all__ = [
+    "RepomCommand",
+    "RepomGroup",
+    "confirm",
     "console",
     "describe_error",
     "err_console",
     "escape",
+    "interactive",
     "mask_secrets",
     "print_error",
     "remember_url",
@@ -24,6 +31,7 @@ class _State:
     debug: bool = os.environ.get("REPOM_DEBUG", "").lower() in ("1", "true", "yes")
     target: str | None = None  # masked URL of the database the command works on
     secrets: tuple[str, ...] = ()
+    config: Path | None = None  # `repom db -c FILE ...`: the project of every db command
 
 
 state = _State()
@@ -94,3 +102,56 @@ def describe_error(exc: BaseException) -> str:
 
 def print_error(message: str) -> None:
     err_console.print(f"[bold red]Error:[/] {escape(message)}")
+
+
+# --------------------------------------------------------------------------- help without <bool>
+
+
+def _plain_flags(params: list[Any]) -> list[Any]:
+    """Flags (``--yes``, ``--sql``, ``--help``) take no value: show no type for them.  typer's
+    rich help labels every option with its type, so flags would read ``--yes <bool>``."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class RepomCommand(TyperCommand):
+    """A command whose help shows flags as plain flags."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_flags(super().get_params(ctx))
+
+
+class RepomGroup(TyperGroup):
+    """A command group whose help shows flags as plain flags."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_flags(super().get_params(ctx))
+
+
+# --------------------------------------------------------------------------- confirmation
+
+
+def interactive() -> bool:
+    """Whether someone can answer a question (standard input is a terminal)."""
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def confirm(question: str, *, yes: bool, refusal: str) -> None:
+    """Go on when *yes* (``--yes``) or when the person at the terminal answers yes.
+
+    Without a terminal, :class:`~repom.migrations.errors.MigrationError` (``refusal``, naming
+    ``--yes``); a "no" ends the command with exit code 1 and nothing changed.
+    """
+    import typer
+
+    from repom.migrations.errors import MigrationError
+
+    if yes:
+        return
+    if not interactive():
+        raise MigrationError(f"{refusal}: no terminal to confirm on; pass --yes to go ahead")
+    if not typer.confirm(question, default=False, err=True):
+        print_error("aborted: nothing was changed")
+        raise typer.Exit(1)

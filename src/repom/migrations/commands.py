@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import string
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from repom.migrations.errors import DatabaseNotUpToDate, MigrationError
 from repom.migrations.project import (
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AppliedStep",
+    "MigrationProgress",
     "Migrations",
     "RevisionInfo",
     "RevisionResult",
@@ -52,14 +54,23 @@ def template_path(name: str = "") -> Path:
 # --------------------------------------------------------------------------- results
 
 
+StepKind = Literal["upgrade", "downgrade", "stamp"]
+
+
 @dataclass(frozen=True)
 class AppliedStep:
     """One step of an upgrade, downgrade or stamp."""
 
-    kind: Literal["upgrade", "downgrade", "stamp"]
+    kind: StepKind
     source: tuple[str, ...]
     destination: tuple[str, ...]
     message: str
+    revision: str | None = None
+    """The migration that ran (for a downgrade: the one undone); ``None`` for a stamp."""
+    seconds: float | None = None
+    """How long the migration took (``None`` for a stamp)."""
+    heads: tuple[str, ...] = ()
+    """The database's revision(s) after this step (several while branches are apart)."""
 
 
 @dataclass(frozen=True)
@@ -74,18 +85,52 @@ class RevisionInfo:
     is_base: bool
     is_branch_point: bool
     is_merge_point: bool
+    branch_labels: tuple[str, ...] = ()
+    dependencies: tuple[str, ...] = ()
+    doc: str = ""
+    """The whole docstring (``message`` is its first paragraph)."""
+    next_revisions: tuple[str, ...] = ()
+    """The migrations that follow this one (more than one at a branch point)."""
+    is_current: bool | None = None
+    """Whether the database is at this revision (``None``: not asked)."""
 
 
 @dataclass(frozen=True)
 class RevisionResult:
-    """What ``revision`` wrote (``revision is None`` when autogenerate found nothing to do)."""
+    """What ``revision`` or ``merge`` wrote (``revision is None`` when autogenerate found
+    nothing to do)."""
 
     revision: str | None
     path: Path | None
     operations: tuple[str, ...]
+    parents: tuple[str, ...] = ()
+    """The revisions the new one follows (several for a merge)."""
 
 
-def _revision_info(script: Script) -> RevisionInfo:
+class MigrationProgress(Protocol):
+    """Receives the progress of :meth:`Migrations.upgrade` / :meth:`Migrations.downgrade`.
+
+    ``planned`` is called once, inside the run (after the lock, before the first migration),
+    with the migrations about to run in order; ``starting`` before each, ``applied`` after each.
+    *transactional* says whether the run is one transaction (a failure undoes every step).
+    """
+
+    def planned(
+        self, kind: StepKind, revisions: Sequence[RevisionInfo], *, transactional: bool
+    ) -> None: ...
+
+    def starting(self, revision: RevisionInfo, number: int, total: int) -> None: ...
+
+    def applied(self, step: AppliedStep, number: int, total: int) -> None: ...
+
+
+def _as_tuple(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _revision_info(script: Script, *, current: Iterable[str] | None = None) -> RevisionInfo:
     return RevisionInfo(
         revision=script.revision,
         down_revisions=tuple(script._versioned_down_revisions),
@@ -95,6 +140,11 @@ def _revision_info(script: Script) -> RevisionInfo:
         is_base=script.is_base,
         is_branch_point=script.is_branch_point,
         is_merge_point=script.is_merge_point,
+        branch_labels=tuple(sorted(script.branch_labels)),
+        dependencies=_as_tuple(script.dependencies),
+        doc=script.longdoc,
+        next_revisions=tuple(sorted(script.nextrev)),
+        is_current=None if current is None else script.revision in set(current),
     )
 
 
@@ -190,12 +240,58 @@ def _alembic_errors() -> Iterator[None]:
                 f"cannot move {message.split()[2]} revision(s) from the current one: "
                 "not that many migrations are applied (or available)"
             )
+        elif message == "Ambiguous walk":
+            message = (
+                "a relative step across a merge or branch point is ambiguous: name the target "
+                "revision instead (see 'repom db history')"
+            )
+        elif message.startswith("Revision ") and "is not a head revision" in message:
+            message = (
+                f"cannot merge {message.split()[1]}: it is not a head; a merge joins heads "
+                "(see 'repom db heads')"
+            )
         elif message == "Target database is not up to date.":
             message = (
                 "the database is not at the head revision: run 'repom db upgrade' first "
                 "(autogenerate compares the models with an up-to-date database)"
             )
         raise MigrationError(message) from exc
+
+
+# --------------------------------------------------------------------------- plans and progress
+
+
+def _plan(
+    script: ScriptDirectory,
+    kind: Literal["upgrade", "downgrade"],
+    revision: str,
+    heads: tuple[str, ...],
+) -> list[Any]:
+    """The migration steps from *heads* to *revision*, exactly as ``alembic upgrade`` /
+    ``alembic downgrade`` compute them."""
+    current: Any = heads
+    if kind == "upgrade":
+        return list(script._upgrade_revs(revision, current))
+    return list(script._downgrade_revs(revision, current))
+
+
+class _Run:
+    """Bookkeeping of one upgrade/downgrade run (for timings and progress)."""
+
+    def __init__(self, progress: MigrationProgress | None) -> None:
+        self.progress = progress
+        self.total = 0
+        self.number = 0
+        self.mark = time.perf_counter()
+
+    def announce(self, steps: list[Any], infos: list[RevisionInfo]) -> Iterator[Any]:
+        """Hand Alembic the steps one by one, noting when each starts."""
+        for number, (step, info) in enumerate(zip(steps, infos, strict=True), 1):
+            self.number = number
+            if self.progress is not None:
+                self.progress.starting(info, number, self.total)
+            self.mark = time.perf_counter()
+            yield step
 
 
 # --------------------------------------------------------------------------- the commands
@@ -224,6 +320,7 @@ class Migrations:
         self.settings = settings
         self._config: Config | None = None
         self._steps: list[AppliedStep] = []
+        self._run: _Run | None = None
 
     @property
     def config(self) -> Config:
@@ -250,13 +347,22 @@ class Migrations:
         heads: set[str],
         run_args: dict[str, Any],
     ) -> None:
-        kind: Literal["upgrade", "downgrade", "stamp"]
+        kind: StepKind
         kind = "stamp" if step.is_stamp else "upgrade" if step.is_upgrade else "downgrade"
         source = step.source_revision_ids
         destination = step.destination_revision_ids
         revision = step.up_revision
         message = str(getattr(revision, "doc", "") or "").strip()
-        self._steps.append(AppliedStep(kind, tuple(source), tuple(destination), message))
+        run = self._run
+        applied = AppliedStep(
+            kind, tuple(source), tuple(destination), message, heads=tuple(sorted(heads))
+        )
+        if kind != "stamp":
+            seconds = time.perf_counter() - run.mark if run is not None else None
+            applied = replace(applied, revision=step.up_revision_id, seconds=seconds)
+        self._steps.append(applied)
+        if run is not None and run.progress is not None and kind != "stamp":
+            run.progress.applied(applied, run.number, run.total)
 
     def _run_env(self, fn: Callable[[Any, MigrationContext], Any], **kwargs: Any) -> None:
         from alembic.runtime.environment import EnvironmentContext
@@ -323,17 +429,95 @@ class Migrations:
 
     # ---------------------------------------------------------------- running migrations
 
-    def upgrade(self, revision: str = "head", *, sql: bool = False) -> list[AppliedStep]:
-        """Apply migrations up to *revision*; returns the steps applied (none in ``sql`` mode)."""
-        from alembic import command
+    def upgrade(
+        self,
+        revision: str = "head",
+        *,
+        sql: bool = False,
+        progress: MigrationProgress | None = None,
+    ) -> list[AppliedStep]:
+        """Apply migrations up to *revision*; returns the steps applied (none in ``sql`` mode).
 
-        return self._steps_of(lambda: command.upgrade(self.config, revision, sql=sql))
+        *progress* hears about each migration as it runs (see :class:`MigrationProgress`).
+        """
+        if sql:
+            from alembic import command
 
-    def downgrade(self, revision: str = "-1", *, sql: bool = False) -> list[AppliedStep]:
-        """Undo migrations down to *revision* (default: the last one)."""
-        from alembic import command
+            return self._steps_of(lambda: command.upgrade(self.config, revision, sql=True))
+        return self._migrate("upgrade", revision, progress=progress)
 
-        return self._steps_of(lambda: command.downgrade(self.config, revision, sql=sql))
+    def downgrade(
+        self,
+        revision: str = "-1",
+        *,
+        sql: bool = False,
+        progress: MigrationProgress | None = None,
+        expect: Sequence[str] | None = None,
+    ) -> list[AppliedStep]:
+        """Undo migrations down to *revision* (default: the last one).
+
+        *expect* (the revisions :meth:`plan` returned, in order) makes the run refuse, changing
+        nothing, when it would undo anything else: the database moved since the plan was shown.
+        """
+        if sql:
+            from alembic import command
+
+            return self._steps_of(lambda: command.downgrade(self.config, revision, sql=True))
+        return self._migrate("downgrade", revision, progress=progress, expect=expect)
+
+    def plan(
+        self, revision: str = "head", *, kind: Literal["upgrade", "downgrade"] = "upgrade"
+    ) -> list[RevisionInfo]:
+        """The migrations ``upgrade(revision)`` (or ``downgrade(revision)``) would run now, in
+        order.  Reads the database's current revision; changes nothing."""
+        script = self.script
+        planned: list[RevisionInfo] = []
+
+        def read(heads: Any, context: MigrationContext) -> list[Any]:
+            planned.extend(
+                _revision_info(step.revision) for step in _plan(script, kind, revision, heads)
+            )
+            return []
+
+        self._run_env(read, dont_mutate=True)
+        return planned
+
+    def _migrate(
+        self,
+        kind: Literal["upgrade", "downgrade"],
+        revision: str,
+        *,
+        progress: MigrationProgress | None,
+        expect: Sequence[str] | None = None,
+    ) -> list[AppliedStep]:
+        """What ``alembic upgrade/downgrade`` does, with the plan known inside the run: the
+        progress gets the total before the first migration and each migration as it starts."""
+        script = self.script
+        run = _Run(progress)
+
+        def migrate(heads: Any, context: MigrationContext) -> Iterator[Any]:
+            steps = _plan(script, kind, revision, heads)
+            infos = [_revision_info(step.revision) for step in steps]
+            if expect is not None and tuple(info.revision for info in infos) != tuple(expect):
+                raise MigrationError(
+                    f"the database changed since the {kind} was planned: it would now "
+                    f"{'undo' if kind == 'downgrade' else 'apply'} "
+                    f"{', '.join(i.revision for i in infos) or 'nothing'} instead of "
+                    f"{', '.join(expect) or 'nothing'}; nothing was changed, run it again"
+                )
+            run.total = len(steps)
+            if progress is not None:
+                transactional = bool(getattr(context.impl, "transactional_ddl", False))
+                progress.planned(kind, infos, transactional=transactional)
+            return run.announce(steps, infos)
+
+        self._steps, self._run = [], run
+        try:
+            self._run_env(migrate, destination_rev=revision)
+        finally:
+            self._run = None
+        steps, self._steps = self._steps, []
+        return steps
 
     def stamp(self, revision: str, *, purge: bool = False) -> list[AppliedStep]:
         """Record *revision* as applied without running migrations."""
@@ -355,15 +539,109 @@ class Migrations:
         return tuple(found)
 
     def heads(self) -> list[RevisionInfo]:
+        """The head revision(s) of the migration folder."""
         script = self.script
         with _alembic_errors():
             return [_revision_info(script.get_revision(head)) for head in script.get_heads()]
 
-    def history(self) -> list[RevisionInfo]:
-        """Every migration, newest first."""
+    def history(
+        self, rev_range: str | None = None, *, indicate_current: bool = False
+    ) -> list[RevisionInfo]:
+        """The migrations, newest first; *rev_range* ``START:END`` (either side may be empty,
+        ``current`` means the database's revision) limits them.  *indicate_current* (which
+        reads the database) fills :attr:`RevisionInfo.is_current`."""
+        start, end = "base", "heads"
+        if rev_range is not None:
+            text = rev_range.strip()
+            if text.count(":") != 1:
+                raise MigrationError(
+                    f"history range {rev_range!r}: expected START:END, START: or :END "
+                    "(e.g. base:head, a1b2:, :current)"
+                )
+            start, _, end = text.partition(":")
+            start, end = start.strip() or "base", end.strip() or "heads"
+        current: tuple[str, ...] | None = None
+        if indicate_current or "current" in (start, end):
+            current = self.current()
+        lower: str | tuple[str, ...] = start
+        upper: str | tuple[str, ...] = end
+        if start == "current":
+            lower = current or "base"
+        if end == "current":
+            if not current:
+                return []
+            upper = current
         script = self.script
         with _alembic_errors():
-            return [_revision_info(rev) for rev in script.walk_revisions()]
+            return [
+                _revision_info(rev, current=current if indicate_current else None)
+                for rev in script.walk_revisions(base=lower, head=upper)  # type: ignore[arg-type]
+            ]
+
+    def show(self, revision: str) -> list[RevisionInfo]:
+        """The migration(s) *revision* names: an id (or a unique prefix), ``head``, ``heads``,
+        a branch label, or ``current`` (reads the database; empty when nothing is applied)."""
+        wanted: str | tuple[str, ...] = revision.strip()
+        current: tuple[str, ...] | None = None
+        if wanted == "current":
+            current = self.current()
+            if not current:
+                return []
+            wanted = current
+        script = self.script
+        with _alembic_errors():
+            found = [rev for rev in script.get_revisions(wanted) if rev is not None]
+        if not found:
+            raise MigrationError(f"no migration is named {revision!r}")
+        return [_revision_info(rev, current=current) for rev in found]
+
+    # ---------------------------------------------------------------- merging branches
+
+    def merge(
+        self,
+        revisions: str | Sequence[str] = "heads",
+        *,
+        message: str | None = None,
+        rev_id: str | None = None,
+    ) -> RevisionResult:
+        """Write a migration that merges *revisions* (default: every head) into one head.
+
+        Raises :class:`MigrationError` when they resolve to fewer than two revisions (nothing to
+        merge) and writes nothing then.
+        """
+        from alembic import command
+
+        script = self.script
+        wanted = (revisions,) if isinstance(revisions, str) else tuple(revisions)
+        with _alembic_errors():
+            parents = tuple(
+                dict.fromkeys(rev.revision for rev in script.get_revisions(wanted) if rev)
+            )
+        if len(parents) < 2:
+            if wanted == ("heads",):
+                heads = ", ".join(script.get_heads()) or "none"
+                raise MigrationError(
+                    f"nothing to merge: the migration folder has a single head ({heads})"
+                )
+            raise MigrationError(
+                f"nothing to merge: {', '.join(wanted)} names {len(parents)} revision(s); "
+                "a merge needs two or more"
+            )
+        with _alembic_errors():
+            written = command.merge(
+                self.config,
+                list(parents),
+                message=message or f"merge {', '.join(parents)}",
+                rev_id=rev_id,
+            )
+        if written is None:  # pragma: no cover - Alembic writes a merge or raises
+            raise MigrationError("the merge revision was not written")
+        return RevisionResult(
+            written.revision,
+            Path(written.path),
+            (),
+            parents=tuple(written._versioned_down_revisions),
+        )
 
     def check(self) -> list[str]:
         """Describe the differences between the models and the database (empty: in sync).

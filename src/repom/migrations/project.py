@@ -44,6 +44,7 @@ __all__ = [
     "alembic_config",
     "check_url_env",
     "find_project",
+    "find_projects",
     "settings_from_alembic",
 ]
 
@@ -204,6 +205,23 @@ def find_project(
     if not url and url_env and url_env not in _CONFIG_URL_VARIABLES:
         url = _url_from(url_env, env, base, ini)
     return settings.with_overrides(url=url, models=models, metadata=metadata)
+
+
+def find_projects(directory: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The Alembic configuration files in *directory* (default: the working directory): every
+    ``*.ini`` with an ``[alembic]`` section naming a ``script_location``, ``alembic.ini`` first.
+    A service with several databases has one per database (see ``url_env``)."""
+    folder = Path(directory) if directory is not None else Path.cwd()
+    found: list[Path] = []
+    for path in sorted(folder.glob("*.ini"), key=lambda p: (p.name != "alembic.ini", p.name)):
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(path, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError):
+            continue
+        if parser.has_option("alembic", "script_location"):
+            found.append(path.resolve())
+    return found
 
 
 #: variables repom's configuration reads itself (with .env and CONFIG_HOOK)
