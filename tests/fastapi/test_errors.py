@@ -205,6 +205,20 @@ CASES: list[tuple[str, Callable[[], BaseException], int, dict[str, Any], bool]] 
         True,
     ),
     (
+        # MissingGreenlet raised where no attribute read can be found: the generic fix
+        "missing_greenlet",
+        lambda: sa_exc.MissingGreenlet("greenlet_spawn has not been called"),
+        500,
+        {
+            "code": "lazy_load_in_async",
+            "detail": "an attribute was read but not loaded, and an async session cannot load "
+            "it on attribute access (a lazy load); load relationships with the query "
+            "(repository options=[...], selectinload) or await session.refresh(obj, "
+            "attribute_names=[...])",
+        },
+        False,
+    ),
+    (
         "raw_stale_data",
         lambda: StaleDataError("UPDATE matched 0 rows"),
         409,

@@ -15,6 +15,7 @@ from repom.exceptions import ConfigurationError
 from repom.fastapi import (
     AsyncDbSession,
     CursorParams,
+    DbSession,
     Filters,
     PageParams,
     cursor_params,
@@ -24,6 +25,7 @@ from repom.fastapi import (
     page_params,
     use_databases,
 )
+from repom.repository import AsyncRepository, Repository
 from repom.repository.filters import validate_filters, validate_order_by
 from tests.fastapi._support import Backend
 
@@ -236,3 +238,122 @@ def test_published_in_openapi(sqlite_backend: Backend) -> None:
 def test_definition_errors(make: Any, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         make()
+
+
+class WhitelistedPosts(AsyncRepository[Post]):
+    filterable_fields = ("title",)
+    orderable_fields = ("title", "id")
+
+
+class SyncWhitelistedPosts(Repository[Post]):
+    filterable_fields = ("title",)
+    orderable_fields = ("title", "id")
+
+
+# the dependency offers secret_note, the repository's whitelist does not: the repository refuses
+loose_filters = filter_params(Post, {"title": ("eq",), "secret_note": ("eq",)})
+page_cursor = cursor_params(default=2, maximum=10)
+
+
+def build_repository_app(flavour: str, backend: Backend) -> FastAPI:
+    """Endpoints that call a whitelisted repository with caller filters and with code filters."""
+    app = FastAPI()
+    install_exception_handlers(app)
+    if flavour == "sync":
+        use_databases(app, database=backend.database())
+
+        @app.get("/posts/{post_id}")
+        def one(post_id: int, session: DbSession) -> dict[str, Any]:
+            post = SyncWhitelistedPosts(session).get_one(id=post_id)  # code: any column
+            return {"id": post.id, "title": post.title}
+
+        @app.get("/posts")
+        def many(
+            session: DbSession,
+            filters: Annotated[Filters, Depends(loose_filters)],
+            page: Annotated[CursorParams, Depends(page_cursor)],
+            order: str = "id",
+        ) -> dict[str, Any]:
+            found = SyncWhitelistedPosts(session).keyset(
+                filters=filters, order_by=order, after=page.cursor, limit=page.limit
+            )
+            return {"ids": [p.id for p in found], "next": found.next_cursor}
+
+    else:
+        use_databases(app, async_database=backend.async_database())
+
+        @app.get("/posts/{post_id}")
+        async def one(post_id: int, session: AsyncDbSession) -> dict[str, Any]:
+            post = await WhitelistedPosts(session).get_one(id=post_id)  # code: any column
+            return {"id": post.id, "title": post.title}
+
+        @app.get("/posts")
+        async def many(
+            session: AsyncDbSession,
+            filters: Annotated[Filters, Depends(loose_filters)],
+            page: Annotated[CursorParams, Depends(page_cursor)],
+            order: str = "id",
+        ) -> dict[str, Any]:
+            found = await WhitelistedPosts(session).keyset(
+                filters=filters, order_by=order, after=page.cursor, limit=page.limit
+            )
+            return {"ids": [p.id for p in found], "next": found.next_cursor}
+
+    return app
+
+
+async def test_whitelist_applies_to_caller_filters_only(backend: Backend, flavour: str) -> None:
+    await seed(backend)
+    app = build_repository_app(flavour, backend)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
+        # the application's own get_one(id=...) is not restricted by filterable_fields
+        one = await client.get("/posts/3")
+        assert (one.status_code, one.json()) == (200, {"id": 3, "title": "FastAPI tips"})
+        missing = await client.get("/posts/99")
+        assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
+        # a caller's filter on a whitelisted field works ...
+        by_title = await client.get("/posts", params={"title": "SQL basics"})
+        assert by_title.json() == {"ids": [1], "next": None}
+        # ... one outside the whitelist is refused by the repository, whatever the dependency
+        refused = await client.get("/posts", params={"secret_note": ""})
+        assert refused.status_code == 422
+        assert refused.json() == {
+            "detail": "unknown filter field 'secret_note' for Post; allowed: title",
+            "code": "invalid_filter",
+            "field": "secret_note",
+            "allowed": ["title"],
+        }
+
+
+async def test_bad_cursor_names_the_query_parameter(backend: Backend, flavour: str) -> None:
+    await seed(backend)
+    app = build_repository_app(flavour, backend)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
+        first = (await client.get("/posts")).json()
+        assert first["ids"] == [1, 2] and first["next"]
+        second = await client.get("/posts", params={"cursor": first["next"]})
+        assert second.json()["ids"] == [3, 4]
+
+        forged = await client.get("/posts", params={"cursor": first["next"][:-2] + "xx"})
+        assert forged.status_code == 422
+        assert forged.json() == {
+            "detail": "invalid cursor ('cursor'): signature mismatch (tampered, truncated or "
+            "signed with another secret)",
+            "code": "invalid_cursor",
+            "field": "cursor",
+        }
+        garbage = await client.get("/posts", params={"cursor": "garbage"})
+        assert garbage.json()["field"] == "cursor"
+        other_order = await client.get("/posts", params={"cursor": first["next"], "order": "title"})
+        assert other_order.json()["detail"] == (
+            "invalid cursor ('cursor'): it was made for a different ordering; start again "
+            "without 'cursor'"
+        )
+        too_long = await client.get("/posts", params={"cursor": "x" * 5000})
+        assert too_long.status_code == 422
+        assert too_long.json()["code"] == "validation_error"
+        assert too_long.json()["field"] == "cursor"

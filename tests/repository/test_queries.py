@@ -140,7 +140,7 @@ async def test_whitelist_and_cap(env: Env) -> None:
         with pytest.raises(
             InvalidFilterError, match=r"unknown filter field 'email'.*allowed: age, name"
         ):
-            await env.run(repo.list(email="ann@x.io"))
+            await env.run(repo.list(filters={"email": "ann@x.io"}))  # caller-supplied
         with pytest.raises(InvalidFilterError, match=r"unknown order field 'name'.*allowed: age"):
             await env.run(repo.list(order_by="name"))
         # code may still use any column through expressions

@@ -19,10 +19,13 @@ allowed values, and whose result feeds a repository directly::
 
 * ``filter_params`` -- one query parameter per allowed ``field`` / ``field__op`` (``author_id``,
   ``author_id__in`` repeated, ``created_at__gte``...), typed from the column; the result is the
-  ``{"field__op": value}`` mapping repositories take, with absent parameters left out.
+  ``{"field__op": value}`` mapping repositories take, with absent parameters left out.  Pass it
+  as ``filters=``: that is where a repository checks caller input against its
+  ``filterable_fields`` (keyword filters are the application's own and may use any column).
 * ``order_params`` -- ``order_by`` (repeatable) restricted to ``field`` / ``-field`` of the allowed
   fields: an enum in OpenAPI, a 422 for anything else.
-* ``page_params`` / ``cursor_params`` -- ``page``/``per_page`` or ``limit``/``cursor`` with bounds.
+* ``page_params`` / ``cursor_params`` -- ``page``/``per_page`` or ``limit``/``cursor`` with bounds;
+  an invalid cursor is reported under its query parameter's name, ``cursor``.
 
 With ``strict=True`` (the default) ``filter_params`` also rejects query parameters the route
 does not declare (``?pasword=x`` is a typo or a probe, not something to ignore) with
@@ -42,6 +45,7 @@ from fastapi import Query, Request
 from pydantic import BaseModel
 
 from repom.exceptions import ConfigurationError, InvalidFilterError
+from repom.repository.cursor import CursorToken
 
 __all__ = [
     "CursorParams",
@@ -308,7 +312,12 @@ class PageParams:
 
 @dataclass(frozen=True)
 class CursorParams:
-    """``limit`` and the opaque ``cursor`` of the previous page (``None``: the first page)."""
+    """``limit`` and the opaque ``cursor`` of the previous page (``None``: the first page).
+
+    ``cursor`` is a :class:`~repom.repository.cursor.CursorToken` (a ``str``) that remembers it
+    came from the ``cursor`` query parameter: pass it as ``keyset(after=page.cursor)`` and an
+    invalid one answers 422 ``invalid_cursor`` with ``"field": "cursor"``.
+    """
 
     limit: int
     cursor: str | None
@@ -352,7 +361,9 @@ def cursor_params(
     _check_sizes(default, maximum)
 
     async def cursor_from_query(limit: int = default, cursor: str | None = None) -> CursorParams:
-        return CursorParams(limit=limit, cursor=cursor)
+        # a CursorToken: a repository that rejects it names the query parameter, not ``after``
+        token = None if cursor is None else CursorToken(cursor, parameter="cursor")
+        return CursorParams(limit=limit, cursor=token)
 
     cursor_from_query.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [

@@ -50,7 +50,8 @@ class _RepositoryBase(Generic[M]):
 
     #: the mapped class (or give it as the generic parameter: ``Repository[User]``)
     model: ClassVar[type[Any] | None] = None
-    #: fields callers may filter on (``None``: every column)
+    #: fields callers may filter on through ``filters=`` / a positional mapping (``None``: every
+    #: column); keyword filters written in code (``get_one(id=...)``) may use any column
     filterable_fields: ClassVar[Collection[str] | None] = None
     #: fields callers may order by (``None``: every column)
     orderable_fields: ClassVar[Collection[str] | None] = None
@@ -227,8 +228,8 @@ class _RepositoryBase(Generic[M]):
         for_update: Any = False,
         include_deleted: bool = False,
     ) -> Query:
-        exprs, merged = core.split_where(where, filters, kw_filters)
-        return Query(exprs, merged, options, for_update, bool(include_deleted))
+        exprs, caller, code = core.split_where(where, filters, kw_filters)
+        return Query(exprs, caller, options, for_update, bool(include_deleted), code)
 
     def __repr__(self) -> str:
         model = self._model or type(self).model
@@ -387,13 +388,19 @@ class Repository(_RepositoryBase[M]):
 
     # -- writes ------------------------------------------------------------------------
 
-    def create(self, data: Any) -> M:
-        """Insert a model instance, a mapping or a pydantic model; flushed, key populated."""
-        return core.op_create(self.session, self._ctx, data)
+    def create(self, data: Any, *, options: Sequence[Any] | None = None) -> M:
+        """Insert a model instance, a mapping or a pydantic model; flushed, key populated.
 
-    def update(self, entity: M, data: Any = None) -> M:
-        """Apply *data* (only the fields given; pydantic ``exclude_unset``) and flush."""
-        return core.op_update(self.session, self._ctx, entity, data)
+        ``options`` (relationship names or loader options, as for reads) are loaded into the
+        returned object after the flush -- one ``SELECT`` of the row, many-to-one relationships
+        joined to it, plus one per collection level -- so a response model can read them
+        without a lazy load."""
+        return core.op_create(self.session, self._ctx, data, options)
+
+    def update(self, entity: M, data: Any = None, *, options: Sequence[Any] | None = None) -> M:
+        """Apply *data* (only the fields given; pydantic ``exclude_unset``) and flush;
+        ``options`` as for :meth:`create`."""
+        return core.op_update(self.session, self._ctx, entity, data, options)
 
     def delete(self, id: Any) -> bool:
         """Delete by key or instance (soft delete when the model has it); True if a row went."""
@@ -626,11 +633,13 @@ class AsyncRepository(_RepositoryBase[M]):
 
     # -- writes ------------------------------------------------------------------------
 
-    async def create(self, data: Any) -> M:
-        return await self.session.run_sync(core.op_create, self._ctx, data)
+    async def create(self, data: Any, *, options: Sequence[Any] | None = None) -> M:
+        return await self.session.run_sync(core.op_create, self._ctx, data, options)
 
-    async def update(self, entity: M, data: Any = None) -> M:
-        return await self.session.run_sync(core.op_update, self._ctx, entity, data)
+    async def update(
+        self, entity: M, data: Any = None, *, options: Sequence[Any] | None = None
+    ) -> M:
+        return await self.session.run_sync(core.op_update, self._ctx, entity, data, options)
 
     async def delete(self, id: Any) -> bool:
         return await self.session.run_sync(core.op_delete, self._ctx, id, False)

@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import InstanceState, Session, selectinload
+from sqlalchemy.orm import InstanceState, Session, joinedload, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.sql.base import Executable, ExecutableOption
 from sqlalchemy.sql.elements import ClauseElement
@@ -94,13 +94,20 @@ class RepoContext(Generic[M]):
 
 @dataclasses.dataclass(slots=True)
 class Query:
-    """The caller's read arguments, as given (validated when the statement is built)."""
+    """The read arguments, as given (validated when the statement is built).
+
+    ``filters`` are *caller-supplied* (a ``filters=`` mapping or a positional mapping: data that
+    may come from a request) and are checked against the repository's ``filterable_fields``;
+    ``code_filters`` are the keyword filters written in the application's code, which may use
+    any mapped column (the whitelist is for callers, not for the code that owns the repository).
+    """
 
     where: tuple[Any, ...] = ()
     filters: Mapping[str, Any] | None = None
     options: Sequence[Any] | None = None
     for_update: Any = False
     include_deleted: bool = False
+    code_filters: Mapping[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -108,9 +115,14 @@ class Query:
 
 def split_where(
     args: Sequence[Any], filters: Mapping[str, Any] | None, kw: Mapping[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
-    """Positional criteria may be SQLAlchemy expressions or filter mappings (seed style
-    ``count(filters)``); mappings and keyword filters are merged into one filter dict."""
+) -> tuple[tuple[Any, ...], dict[str, Any] | None, dict[str, Any] | None]:
+    """``(expressions, caller filters, code filters)`` from a read's arguments.
+
+    Positional criteria may be SQLAlchemy expressions or filter mappings (seed style
+    ``count(filters)``).  Mappings, positional or ``filters=``, are caller-supplied filters
+    (checked against ``filterable_fields``); keyword filters are the application's own
+    (any mapped column).
+    """
     exprs: list[Any] = []
     merged: dict[str, Any] = {}
     for arg in args:
@@ -131,11 +143,15 @@ def split_where(
                 f"filters must be a mapping of field[__op] to value, got {type(filters).__name__}"
             )
         merged.update(filters)
-    merged.update(kw)
-    return tuple(exprs), (merged or None)
+    return tuple(exprs), (merged or None), (dict(kw) or None)
 
 
-def _loader_option(ctx: RepoContext[Any], spec: Any) -> ExecutableOption:
+def _loader_option(
+    ctx: RepoContext[Any], spec: Any, *, join_scalars: bool = False
+) -> ExecutableOption:
+    """A loader option from a relationship name (``"posts"``, nested ``"posts.comments"``):
+    ``selectinload`` at every level, or, with *join_scalars*, ``joinedload`` for the
+    many-to-one levels (the related row comes with the same SELECT)."""
     if isinstance(spec, ExecutableOption):
         return spec
     if not isinstance(spec, str):
@@ -144,7 +160,8 @@ def _loader_option(ctx: RepoContext[Any], spec: Any) -> ExecutableOption:
             f"got {spec!r}",
             option="options",
         )
-    cached = ctx._loader_cache.get(spec)
+    cache_key = f"join:{spec}" if join_scalars else spec
+    cached = ctx._loader_cache.get(cache_key)
     if cached is not None:
         return cached
     from repom.repository.meta import model_info
@@ -161,18 +178,24 @@ def _loader_option(ctx: RepoContext[Any], spec: Any) -> ExecutableOption:
                 allowed=sorted(info.relationships),
             )
         attr = getattr(info.model, part)
-        option = selectinload(attr) if option is None else option.selectinload(attr)
+        strategy = "joinedload" if join_scalars and not rel.uselist else "selectinload"
+        if option is None:
+            option = joinedload(attr) if strategy == "joinedload" else selectinload(attr)
+        else:
+            option = getattr(option, strategy)(attr)
         info = model_info(rel.mapper.class_)
-    ctx._loader_cache[spec] = option
+    ctx._loader_cache[cache_key] = option
     return cast(ExecutableOption, option)
 
 
-def loader_options(ctx: RepoContext[Any], options: Sequence[Any] | None) -> list[ExecutableOption]:
+def loader_options(
+    ctx: RepoContext[Any], options: Sequence[Any] | None, *, join_scalars: bool = False
+) -> list[ExecutableOption]:
     result = list(ctx.default_options)
     if options:
         if isinstance(options, (str, ExecutableOption)):
             options = [options]
-        result.extend(_loader_option(ctx, o) for o in options)
+        result.extend(_loader_option(ctx, o, join_scalars=join_scalars) for o in options)
     return result
 
 
@@ -196,9 +219,17 @@ def for_update_kwargs(value: Any) -> dict[str, Any] | None:
     )
 
 
-def criteria(ctx: RepoContext[Any], q: Query) -> list[Any]:
+def filter_criteria(ctx: RepoContext[Any], q: Query) -> list[Any]:
+    """The WHERE criteria of *q*'s expressions and filters: caller-supplied filters checked
+    against the whitelist, the code's keyword filters against every mapped column."""
     found: list[Any] = list(q.where)
     found.extend(compile_filters(ctx.info, q.filters, ctx.filterable))
+    found.extend(compile_filters(ctx.info, q.code_filters))
+    return found
+
+
+def criteria(ctx: RepoContext[Any], q: Query) -> list[Any]:
+    found = filter_criteria(ctx, q)
     if not q.include_deleted and not ctx.info.filtered_by_listener:
         hidden = ctx.info.not_deleted()
         if hidden is not None:
@@ -662,7 +693,56 @@ def to_instance(ctx: RepoContext[M], data: Any, what: str = "create()") -> M:
     )
 
 
-def op_create(session: Session, ctx: RepoContext[M], data: Any) -> M:
+def write_options(ctx: RepoContext[Any], options: Sequence[Any] | None) -> list[ExecutableOption]:
+    """The loader options a write loads into its object (none unless asked: no extra SELECT).
+
+    Relationship names load many-to-one relationships with a join (the one object needs one
+    related row: no second round trip) and collections with ``selectinload``.  Checked before
+    the write, so an unknown relationship name writes nothing."""
+    if options is None or (isinstance(options, Sequence) and not options):
+        return []
+    return loader_options(ctx, options, join_scalars=True)
+
+
+def _first_relationship(ctx: RepoContext[Any], option: ExecutableOption) -> str | None:
+    """The relationship of *ctx*'s model an option starts from (``selectinload(Post.author)``
+    -> ``"author"``), when it tells."""
+    try:
+        prop = option.path[1]  # type: ignore[attr-defined]
+    except (AttributeError, IndexError, TypeError, KeyError):
+        return None
+    key = getattr(prop, "key", None)
+    return key if isinstance(key, str) and key in ctx.info.relationships else None
+
+
+def load_after_write(
+    session: Session, ctx: RepoContext[M], obj: M, options: Sequence[ExecutableOption]
+) -> None:
+    """Load *options* (relationships) into the just-flushed *obj*, so that it can be read
+    without lazy loads afterwards -- in an async response model, say, where a lazy load fails.
+
+    One ``SELECT`` of the row (many-to-one relationships joined to it) plus one per collection
+    level (a ``selectinload``).  The
+    relationships the options start from are expired first, so a changed foreign key shows its
+    new target; anything else already loaded stays as it is (the flush left nothing unsaved),
+    and what the flush expired (server defaults) is read too.  A soft-deleted row stays hidden,
+    as from any read.
+    """
+    if not options:
+        return
+    first = {key for key in (_first_relationship(ctx, o) for o in options) if key is not None}
+    if first:
+        session.expire(obj, sorted(first))
+    stmt = (
+        select(ctx.info.model).where(pk_criterion(ctx, ctx.info.identity_of(obj))).options(*options)
+    )
+    session.scalars(stmt).unique().all()
+
+
+def op_create(
+    session: Session, ctx: RepoContext[M], data: Any, options: Sequence[Any] | None = None
+) -> M:
+    load = write_options(ctx, options)
     obj = to_instance(ctx, data)
     validator(ctx.info).check_object(obj)
     session.add(obj)
@@ -677,6 +757,7 @@ def op_create(session: Session, ctx: RepoContext[M], data: Any) -> M:
         if error is exc:
             raise
         raise error from exc.orig
+    load_after_write(session, ctx, obj, load)
     return obj
 
 
@@ -742,8 +823,15 @@ def _deleted_row_conflict(
     return conflict
 
 
-def op_update(session: Session, ctx: RepoContext[M], entity: M, data: Any) -> M:
+def op_update(
+    session: Session,
+    ctx: RepoContext[M],
+    entity: M,
+    data: Any,
+    options: Sequence[Any] | None = None,
+) -> M:
     info = ctx.info
+    load = write_options(ctx, options)
     if not isinstance(entity, info.model):
         raise InvalidOptionError(
             f"update() expects a {info.name} instance, got {type(entity).__name__}",
@@ -792,6 +880,7 @@ def op_update(session: Session, ctx: RepoContext[M], entity: M, data: Any) -> M:
         for key, value in values.items():
             setattr(entity, key, value)
     flush(session)
+    load_after_write(session, ctx, entity, load)
     return entity
 
 
@@ -905,8 +994,7 @@ def op_restore(session: Session, ctx: RepoContext[Any], target: Any) -> bool:
 
 def op_delete_where(session: Session, ctx: RepoContext[Any], q: Query, hard: bool) -> int:
     info = ctx.info
-    where: list[Any] = list(q.where)
-    where.extend(compile_filters(info, q.filters, ctx.filterable))
+    where = filter_criteria(ctx, q)
     if not where:
         raise InvalidFilterError(
             "delete_where() needs at least one criterion; pass sqlalchemy.true() to delete "

@@ -17,6 +17,10 @@ The secret comes from (first found): the ``cursor_secret`` argument of the repos
 per-process secret (cursors are then rejected by other worker processes and after a restart);
 ``environment=production`` refuses with :class:`~repom.exceptions.ConfigurationError` -- a
 service with several workers must share one secret.
+
+Errors name the parameter the cursor came from: ``after`` (the repository argument) unless the
+value is a :class:`CursorToken` that says otherwise -- ``repom.fastapi.cursor_params`` hands out
+its ``cursor`` query parameter as one, so an HTTP client reads ``field: "cursor"``.
 """
 
 from __future__ import annotations
@@ -38,13 +42,31 @@ from typing import Any
 from repom.config import get_config
 from repom.exceptions import ConfigurationError, InvalidCursorError
 
-__all__ = ["CursorCodec", "cursor_secret", "order_fingerprint"]
+__all__ = ["CursorCodec", "CursorToken", "cursor_secret", "order_fingerprint"]
 
 MAX_CURSOR_LENGTH = 4096
 _MAC_BYTES = 16
 
 _process_secret: bytes | None = None
 _secret_lock = threading.Lock()
+
+
+class CursorToken(str):
+    """A cursor string that remembers the request parameter it was given as
+    (``CursorToken(value, parameter="cursor")``), so that an invalid cursor is reported under
+    that name rather than ``after``.  Otherwise an ordinary ``str``."""
+
+    parameter: str
+
+    def __new__(cls, value: str, parameter: str = "after") -> CursorToken:
+        token = super().__new__(cls, value)
+        token.parameter = parameter
+        return token
+
+
+def _parameter(token: Any) -> str:
+    name = getattr(token, "parameter", None)
+    return name if isinstance(name, str) and name else "after"
 
 
 def cursor_secret(explicit: str | bytes | None = None) -> bytes:
@@ -164,10 +186,15 @@ class CursorCodec:
         return f"{_b64(payload)}.{_b64(self._mac(payload))}"
 
     def decode(self, token: Any) -> list[Any]:
+        name = _parameter(token)
+
+        def invalid(problem: str) -> InvalidCursorError:
+            return InvalidCursorError(f"invalid cursor ({name!r}): {problem}", field=name)
+
         if not isinstance(token, str) or not token:
-            raise InvalidCursorError("invalid cursor: expected a non-empty string", field="after")
+            raise invalid("expected a non-empty string")
         if len(token) > MAX_CURSOR_LENGTH:
-            raise InvalidCursorError("invalid cursor: too long", field="after")
+            raise invalid("too long")
         body_text, sep, mac_text = token.partition(".")
         try:
             if not sep:
@@ -175,28 +202,21 @@ class CursorCodec:
             payload = _unb64(body_text)
             mac = _unb64(mac_text)
         except (ValueError, binascii.Error):
-            raise InvalidCursorError("invalid cursor: malformed", field="after") from None
+            raise invalid("malformed") from None
         if not hmac.compare_digest(mac, self._mac(payload)):
-            raise InvalidCursorError(
-                "invalid cursor: signature mismatch (tampered, truncated or signed with "
-                "another secret)",
-                field="after",
-            )
+            raise invalid("signature mismatch (tampered, truncated or signed with another secret)")
         try:
             fingerprint, raw_values = json.loads(payload)
         except (ValueError, TypeError):
-            raise InvalidCursorError("invalid cursor: malformed payload", field="after") from None
+            raise invalid("malformed payload") from None
         if fingerprint != self._fingerprint:
-            raise InvalidCursorError(
-                "invalid cursor: it was made for a different ordering; start again without 'after'",
-                field="after",
-            )
+            raise invalid(f"it was made for a different ordering; start again without {name!r}")
         if not isinstance(raw_values, list) or len(raw_values) != self._size:
-            raise InvalidCursorError("invalid cursor: wrong number of values", field="after")
+            raise invalid("wrong number of values")
         try:
             return [
                 _decode_value(raw, enum_cls)
                 for raw, enum_cls in zip(raw_values, self._enum_classes, strict=True)
             ]
         except (ValueError, TypeError, KeyError):
-            raise InvalidCursorError("invalid cursor: bad value", field="after") from None
+            raise invalid("bad value") from None

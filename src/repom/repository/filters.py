@@ -21,8 +21,11 @@ Every name is checked: an unknown field, operator or order field raises
 ever built from a caller's string: field names select mapped attributes, values become bound
 parameters.
 
-SQLAlchemy expressions (``User.age > 18``, ``User.name.desc()``) are accepted wherever filters or
-orderings are; they are code, not caller input, so the whitelist does not apply to them.
+Which filters the whitelist (a repository's ``filterable_fields``) applies to: filters that may
+come from a caller -- a ``filters=`` mapping, a positional mapping, what
+``repom.fastapi.filter_params`` returns.  Keyword filters (``repo.get_one(id=i)``) and SQLAlchemy
+expressions (``User.age > 18``, ``User.name.desc()``) are written in the application's code, not
+taken from caller input, so any mapped column is allowed there (an unknown one is still an error).
 """
 
 from __future__ import annotations
