@@ -103,3 +103,27 @@ async def test_unknown_relationship_writes_nothing(env: Env) -> None:
         assert env.statements == []  # refused before the INSERT
         await env.run(s.commit())
     assert env.rows("SELECT count(*) FROM rp_posts") == [(0,)]
+
+
+async def test_options_replace_the_default_options_of_the_same_relationship(env: Env) -> None:
+    """A repository that always loads ``author`` (``default_options``, selectin) and a write
+    asking for it (joined): one strategy wins, no "loader strategies conflict" error."""
+    from repom.repository import AsyncRepository, Repository
+
+    base = AsyncRepository if env.is_async else Repository
+
+    class PostRepository(base[Post]):  # type: ignore[valid-type,misc]
+        default_options = ("author",)
+
+    _author(env)
+    async with env.session() as s:
+        posts = env.repo(s, Post, PostRepository)
+        env.reset()
+        post = await env.run(posts.create({"author_id": 1, "title": "hello"}, options=["author"]))
+        assert [sql.split()[0] for sql in env.statements] == ["INSERT", "SELECT"]
+        assert post.author.name == "ann"
+        env.reset()
+        read = await env.run(posts.list(options=[selectinload(Post.author)]))
+        assert [p.author.name for p in read] == ["ann"]
+        assert len(env.statements) == 2  # the posts, then their authors: once, not twice
+        await env.run(s.commit())

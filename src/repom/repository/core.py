@@ -191,12 +191,19 @@ def _loader_option(
 def loader_options(
     ctx: RepoContext[Any], options: Sequence[Any] | None, *, join_scalars: bool = False
 ) -> list[ExecutableOption]:
-    result = list(ctx.default_options)
-    if options:
-        if isinstance(options, (str, ExecutableOption)):
-            options = [options]
-        result.extend(_loader_option(ctx, o, join_scalars=join_scalars) for o in options)
-    return result
+    """The repository's ``default_options`` plus *options*.  An option given here replaces the
+    default options that start from the same relationship (a write's joined many-to-one, an
+    explicit ``joinedload``), so the two never ask SQLAlchemy for conflicting strategies."""
+    if not options:
+        return list(ctx.default_options)
+    if isinstance(options, (str, ExecutableOption)):
+        options = [options]
+    explicit = [_loader_option(ctx, o, join_scalars=join_scalars) for o in options]
+    if not ctx.default_options:
+        return explicit
+    named = {_first_relationship(ctx, o) for o in explicit} - {None}
+    kept = [d for d in ctx.default_options if _first_relationship(ctx, d) not in named]
+    return kept + explicit
 
 
 def for_update_kwargs(value: Any) -> dict[str, Any] | None:
