@@ -31,6 +31,9 @@ DEFERRED = (
     "repom.session",
     "repom.async_session",
 )
+# the settings class: loaded when a configuration is built (get_config(), RepomConfig(...)),
+# not when the modules that use one are imported
+SETTINGS = ("pydantic_settings", "dotenv", "repom._settings")
 
 
 def loaded_after(code: str) -> set[str]:
@@ -60,12 +63,48 @@ def test_import_repom_fastapi_loads_nothing_heavy() -> None:
 def test_every_fastapi_name_without_optional_or_deferred_modules() -> None:
     loaded = loaded_after("from repom.fastapi import *")
     assert "fastapi" in loaded  # the names did load
-    assert sorted(set(OPTIONAL + DEFERRED) & loaded) == []
+    assert sorted(set(OPTIONAL + DEFERRED + SETTINGS) & loaded) == []
 
 
 def test_import_repom_database_does_not_load_the_web_stack_or_monitors() -> None:
     loaded = loaded_after("import repom.database")
     assert sorted({"fastapi", "starlette", *OPTIONAL, *DEFERRED} & loaded) == []
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import repom.config",
+        "from repom.config import get_config, set_config, milliseconds, build_config",
+        "import repom.database, repom.session, repom.async_session, repom.transactions",
+    ],
+)
+def test_the_settings_class_loads_on_first_use(code: str) -> None:
+    """Neither pydantic-settings nor pydantic is imported until a configuration is built."""
+    loaded = loaded_after(code)
+    assert sorted({"pydantic", *SETTINGS} & loaded) == []
+
+
+def test_the_lazy_settings_class_is_the_real_one() -> None:
+    code = """
+import sys
+import repom.config
+from repom.config import RepomConfig
+assert "pydantic_settings" in sys.modules
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from repom._settings import RepomConfig as defined
+assert RepomConfig is defined and repom.config.RepomConfig is defined
+assert issubclass(RepomConfig, BaseSettings)
+
+class Settings(RepomConfig):
+    model_config = SettingsConfigDict(env_prefix="APP_")
+    greeting: str = "hi"
+
+repom.config.set_config(Settings(database_url="postgres://u@h/d"))
+assert repom.config.get_config(Settings).url == "postgresql://u@h/d"
+assert repom.config.Environment.__args__ == ("dev", "test", "production")
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.parametrize("package", ["repom.fastapi", "repom.monitoring"])

@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from repom.config import RepomConfig, get_config, on_config_change
+from repom.config import get_config, on_config_change
 from repom.engine import build_async_engine, build_engine
 from repom.exceptions import ConfigurationError, TransactionError, translate
 from repom.monitoring._stats import count_replica_skip
@@ -39,6 +39,8 @@ from repom.urls import convert_to_async_uri, is_async_url, mask_url
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
     from sqlalchemy.ext.asyncio import async_sessionmaker as AsyncSessionMaker
+
+    from repom.config import RepomConfig
 
 __all__ = [
     "AsyncDatabase",

@@ -31,11 +31,12 @@ from repom._database import (
     set_async_database,
     set_database,
 )
-from repom.config import RepomConfig
 from repom.transactions import Propagation, transaction
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+    from repom.config import RepomConfig
 
 __all__ = [
     "AsyncDatabase",

@@ -18,6 +18,7 @@ __all__ = [
     "is_memory_sqlite",
     "mask_url",
     "normalize_multihost",
+    "normalize_scheme",
     "url_secrets",
     "validate_url",
 ]
@@ -26,7 +27,6 @@ __all__ = [
 _TO_ASYNC = {
     "sqlite": "sqlite+aiosqlite",
     "sqlite+pysqlite": "sqlite+aiosqlite",
-    "postgres": "postgresql+asyncpg",
     "postgresql": "postgresql+asyncpg",
     "postgresql+psycopg": "postgresql+asyncpg",
     "postgresql+psycopg2": "postgresql+asyncpg",
@@ -51,7 +51,6 @@ _TO_SYNC = {
     "sqlite+aiosqlite": "sqlite",
     "postgresql+asyncpg": "postgresql+psycopg",
     "postgresql+psycopg_async": "postgresql+psycopg",
-    "postgres": "postgresql+psycopg",
     "postgresql": "postgresql+psycopg",
     "mysql+aiomysql": "mysql+pymysql",
     "mysql+asyncmy": "mysql+pymysql",
@@ -59,6 +58,17 @@ _TO_SYNC = {
     "mariadb+aiomysql": "mariadb+pymysql",
     "mariadb+asyncmy": "mariadb+pymysql",
 }
+
+
+def normalize_scheme(url: str) -> str:
+    """*url* with ``postgres`` (Heroku's and libpq's spelling, which SQLAlchemy 2 no longer
+    reads) as ``postgresql``: ``postgres://`` -> ``postgresql://``, ``postgres+asyncpg://`` ->
+    ``postgresql+asyncpg://``.  Everything after the scheme, and every other URL, is unchanged."""
+    scheme, sep, rest = url.partition("://")
+    backend, plus, driver = scheme.partition("+")
+    if sep and backend.lower() == "postgres":
+        return f"postgresql{plus}{driver}://{rest}"
+    return url
 
 
 # ``scheme://[userinfo@]hosts[/database][?query]``, read the way SQLAlchemy's own URL parser reads
@@ -109,7 +119,7 @@ def normalize_multihost(url: str) -> str:
 def _split(url: str) -> tuple[str, str]:
     if not isinstance(url, str):
         raise ValueError(f"database URL must be a string, got {type(url).__name__}")
-    scheme, sep, rest = url.partition("://")
+    scheme, sep, rest = normalize_scheme(url).partition("://")
     if not sep or not scheme:
         raise ValueError(f"not a database URL (expected 'scheme://...'): {mask_url(url)!r}")
     return scheme.lower(), rest
@@ -121,6 +131,7 @@ def convert_to_async_uri(url: str) -> str:
     ``sqlite`` -> ``sqlite+aiosqlite``; ``postgresql``/``postgresql+psycopg*`` ->
     ``postgresql+asyncpg``; ``mysql``/``mysql+pymysql`` -> ``mysql+aiomysql``.  URLs that already
     name an async driver pass through unchanged; anything else raises ``ValueError``.
+    ``postgres://`` is read as ``postgresql://`` (:func:`normalize_scheme`).
     Only the scheme changes: user, password, host, database and query stay as written, except
     that a libpq multi-host URL (``h1:5432,h2:5433``) comes out in SQLAlchemy's form
     (``?host=h1:5432&host=h2:5433``, see :func:`normalize_multihost`).
@@ -159,14 +170,15 @@ def validate_url(url: str) -> URL:
     The message shows the URL masked, and the parser's own error is not chained (``from None``):
     it may quote the raw URL, password included.  A libpq multi-host URL
     (``postgresql://u@h1:5432,h2:5433/db``) is read in SQLAlchemy's form
-    (:func:`normalize_multihost`).
+    (:func:`normalize_multihost`), and ``postgres://`` as ``postgresql://``
+    (:func:`normalize_scheme`).
     """
     if not isinstance(url, str):
         raise ConfigurationError(
             f"database URL must be a string, got {type(url).__name__}", variable="DATABASE_URL"
         )
     try:
-        parsed = make_url(normalize_multihost(url))
+        parsed = make_url(normalize_multihost(normalize_scheme(url)))
     except (ArgumentError, ValueError) as exc:
         reason = _safe_reason(exc, url)
         raise ConfigurationError(
@@ -197,7 +209,7 @@ def backend_name(url: str | URL) -> str:
 
 
 def _parse(url: str | URL) -> URL:
-    return make_url(normalize_multihost(url) if isinstance(url, str) else url)
+    return make_url(normalize_multihost(normalize_scheme(url)) if isinstance(url, str) else url)
 
 
 def is_memory_sqlite(url: str | URL) -> bool:
@@ -254,7 +266,7 @@ def url_secrets(url: str | URL) -> tuple[str, ...]:
         found.extend(split[2].split("@"))
     if not isinstance(url, URL):
         try:
-            password = make_url(normalize_multihost(text)).password
+            password = make_url(normalize_multihost(normalize_scheme(text))).password
         except Exception:
             password = None
         if password:

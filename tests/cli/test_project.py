@@ -3,6 +3,7 @@ SQL, diff descriptions and `--help` for every command."""
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import types
 from pathlib import Path
@@ -235,6 +236,7 @@ def test_info_json_and_unreachable_database(
 
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path}/ok.db"
+    sqlite3.connect(tmp_path / "ok.db").close()  # `repom info` never creates the file itself
     assert main(["info", "--json", "--url", url]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["url"] == url

@@ -131,3 +131,45 @@ def test_multihost_masking_hides_the_password(url: str) -> None:
     assert "s3cr,et" in url_secrets(url)
     assert "s3cr" not in mask_url(validate_url(url))
     assert "s3cr" not in repr(validate_url(url))
+
+
+# ------------------------------------------------------------------ postgres:// (issue 18)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgres://u:p@h:5432/d", "postgresql://u:p@h:5432/d"),
+        ("POSTGRES://u@h/d", "postgresql://u@h/d"),
+        ("postgres+asyncpg://u@h/d", "postgresql+asyncpg://u@h/d"),
+        ("postgres+psycopg://u@h/d?sslmode=require", "postgresql+psycopg://u@h/d?sslmode=require"),
+        # not the postgres alias: unchanged
+        ("postgresql://u@h/d", "postgresql://u@h/d"),
+        ("postgresx://u@h/d", "postgresx://u@h/d"),
+        ("sqlite:///postgres://x.db", "sqlite:///postgres://x.db"),
+        ("mysql://postgres@h/postgres", "mysql://postgres@h/postgres"),
+    ],
+)
+def test_normalize_scheme(url: str, expected: str) -> None:
+    from repom.urls import normalize_scheme
+
+    assert normalize_scheme(url) == expected
+
+
+def test_heroku_style_postgres_urls_are_read_as_postgresql() -> None:
+    """SQLAlchemy 2 reads ``postgres://`` as an unknown dialect; repom reads it as PostgreSQL."""
+    from repom.urls import backend_name, is_async_url, validate_url
+
+    heroku = "postgres://app:s3cr3t@db.example:5432/shop"
+    assert validate_url(heroku).drivername == "postgresql"
+    assert validate_url("postgres+asyncpg://u@h/d").drivername == "postgresql+asyncpg"
+    assert backend_name(heroku) == "postgresql"
+    assert convert_to_async_uri(heroku) == "postgresql+asyncpg://app:s3cr3t@db.example:5432/shop"
+    assert convert_to_sync_uri(heroku) == "postgresql+psycopg://app:s3cr3t@db.example:5432/shop"
+    assert convert_to_sync_uri("postgres+asyncpg://u@h/d") == "postgresql+psycopg://u@h/d"
+    assert is_async_url("postgres+asyncpg://u@h/d") and not is_async_url(heroku)
+    assert mask_url(heroku) == "postgres://app:***@db.example:5432/shop"
+    # the comma form of several hosts works with the alias too
+    assert convert_to_async_uri("postgres://u@h1:1,h2:2/d") == (
+        "postgresql+asyncpg://u@/d?host=h1:1&host=h2:2"
+    )

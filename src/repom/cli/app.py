@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import sys
 from typing import Annotated, Any
 
 import typer
 
-from repom.cli._output import console, escape, mask_secrets, remember_url, state
+from repom.cli._output import (
+    RepomCommand,
+    RepomGroup,
+    console,
+    err_console,
+    escape,
+    mask_secrets,
+    remember_url,
+    state,
+)
 from repom.cli.db import ConfigOption, MetadataOption, ModelsOption, UrlOption, db_app
 
 app = typer.Typer(
     name="repom",
+    cls=RepomGroup,
     help="repom: migrations and diagnostics for SQLAlchemy services.",
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -20,6 +33,30 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(db_app, name="db")
+
+
+class _WarningLine(logging.Handler):
+    """repom's warnings (such as the SQLite fallback of environment=dev) as one line on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = mask_secrets(" ".join(record.getMessage().split()))
+        err_console.print(f"[yellow]Warning:[/] {escape(message.removeprefix('repom: '))}")
+
+
+def _show_warnings() -> None:
+    logger = logging.getLogger("repom")
+    if not any(isinstance(handler, _WarningLine) for handler in logger.handlers):
+        handler = _WarningLine(logging.WARNING)
+        logger.addHandler(handler)
+
+
+def _importable_working_directory() -> None:
+    """Modules named by CONFIG_HOOK (an application's settings) import from the working
+    directory, as they do under ``python -m`` and as the models do (Alembic's
+    ``prepend_sys_path = .``): the command builds the configuration the application builds."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and os.path.realpath(cwd) not in map(os.path.realpath, sys.path):
+        sys.path.insert(0, cwd)
 
 
 def _version(value: bool) -> None:
@@ -45,9 +82,11 @@ def root(
     """repom: migrations and diagnostics for SQLAlchemy services."""
     if debug:
         state.debug = True
+    _show_warnings()
+    _importable_working_directory()
 
 
-@app.command()
+@app.command(cls=RepomCommand)
 def info(
     url: UrlOption = None,
     models: ModelsOption = None,
@@ -57,7 +96,8 @@ def info(
 ) -> None:
     """Show configuration, server, models, tables and the current revision.
 
-    The URL is shown with its password masked. Exit code 1 when the database cannot be reached.
+    The URL is shown with its password masked. Nothing is created: a SQLite file that does not
+    exist yet is reported as such. Exit code 1 when the database cannot be reached.
     """
     from repom.migrations.admin import database_info
     from repom.migrations.project import find_project
@@ -102,6 +142,9 @@ def _print_info(data: dict[str, Any]) -> None:
     _line("pool", pool_text)
     if data["connect_error"]:
         _line("server", f"unreachable: {data['connect_error']}", "red")
+    elif data.get("missing_file"):
+        where = f"{data['missing_file']} does not exist yet (created on first use)"
+        _line("server", f"{data['backend']}: {where}", "yellow")
     else:
         _line("server", f"{data['backend']} {data['server_version'] or '?'}")
         if data.get("connections_text"):

@@ -45,7 +45,6 @@ from fastapi import Query, Request
 from pydantic import BaseModel
 
 from repom.exceptions import ConfigurationError, InvalidFilterError
-from repom.repository.cursor import CursorToken
 
 __all__ = [
     "CursorParams",
@@ -354,6 +353,14 @@ def page_params(*, default: int = 20, maximum: int = 100) -> Callable[..., Await
     return page_from_query
 
 
+def _cursor_token() -> Any:
+    """:class:`~repom.repository.cursor.CursorToken`, imported on first use: importing
+    ``repom.fastapi`` does not load the repository layer (and SQLAlchemy's dialects) for it."""
+    from repom.repository.cursor import CursorToken
+
+    return CursorToken
+
+
 def cursor_params(
     *, default: int = 20, maximum: int = 100
 ) -> Callable[..., Awaitable[CursorParams]]:
@@ -362,7 +369,7 @@ def cursor_params(
 
     async def cursor_from_query(limit: int = default, cursor: str | None = None) -> CursorParams:
         # a CursorToken: a repository that rejects it names the query parameter, not ``after``
-        token = None if cursor is None else CursorToken(cursor, parameter="cursor")
+        token = None if cursor is None else _cursor_token()(cursor, parameter="cursor")
         return CursorParams(limit=limit, cursor=token)
 
     cursor_from_query.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

@@ -193,6 +193,8 @@ class SetupInfo:
     connections: dict[str, Any] | None = None
     connections_text: str | None = None
     connect_error: str | None = None
+    #: a SQLite file that does not exist yet (``repom info`` never creates it)
+    missing_file: str | None = None
     models: list[str] = field(default_factory=list)
     metadata: list[str] = field(default_factory=list)
     tables: list[dict[str, Any]] = field(default_factory=list)
@@ -252,20 +254,24 @@ def database_info(settings: ProjectSettings, *, config: RepomConfig | None = Non
         replicas=[mask_url(url) for url in config.replica_urls],
     )
     db_tables: set[str] | None = None
-    engine = build_engine(target, config=config, poolclass=pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            version = conn.dialect.server_version_info
-            info.server_version = ".".join(str(part) for part in version) if version else None
-            db_tables = set(inspect(conn).get_table_names())
-            if target.get_backend_name() == "postgresql":
-                budget = budget_for(_capacity(pool_class, arguments), connection=conn)
-                info.connections = budget.as_dict()
-                info.connections_text = budget.describe()
-    except Exception as exc:
-        info.connect_error = _one_line(exc)
-    finally:
-        engine.dispose()
+    info.missing_file = _absent_sqlite_file(target)
+    if info.missing_file is not None:
+        db_tables = set()  # connecting would create the file: it has no tables yet
+    else:
+        engine = build_engine(target, config=config, poolclass=pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                version = conn.dialect.server_version_info
+                info.server_version = ".".join(str(p) for p in version) if version else None
+                db_tables = set(inspect(conn).get_table_names())
+                if target.get_backend_name() == "postgresql":
+                    budget = budget_for(_capacity(pool_class, arguments), connection=conn)
+                    info.connections = budget.as_dict()
+                    info.connections_text = budget.describe()
+        except Exception as exc:
+            info.connect_error = _one_line(exc)
+        finally:
+            engine.dispose()
 
     from repom.migrations.models import load_models
 
@@ -293,11 +299,27 @@ def database_info(settings: ProjectSettings, *, config: RepomConfig | None = Non
         try:
             info.migrations = str(Path(migrations.script.dir))
             info.heads = [rev.revision for rev in migrations.heads()]
-            if info.connect_error is None:
+            if info.missing_file is not None:
+                info.current = []  # no database yet: nothing applied
+            elif info.connect_error is None:
                 info.current = list(migrations.current())
         except Exception as exc:
             info.migrations_error = _one_line(exc)
     return info
+
+
+def _absent_sqlite_file(url: URL) -> str | None:
+    """The path of *url*'s SQLite file when it does not exist (opening it would create it)."""
+    from repom.urls import is_memory_sqlite
+
+    if url.get_backend_name() != "sqlite" or is_memory_sqlite(url) or not url.database:
+        return None
+    path = url.database
+    if path.startswith("file:"):  # URI filename (?uri=true): the path ends at its own "?"
+        path = path[len("file:") :].split("?", 1)[0]
+    file = Path(path)
+    # a missing directory: connecting creates nothing and reports the error (unreachable)
+    return path if file.parent.is_dir() and not file.exists() else None
 
 
 def _sqlstate(exc: BaseException) -> str | None:
