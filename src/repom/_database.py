@@ -270,7 +270,7 @@ class _DatabaseBase(Generic[E, C]):
 
     @property
     def bound_connection(self) -> C | None:
-        """The connection every session is bound to while :meth:`bind` is active (tests)."""
+        """The connection every session is bound to while ``bind()`` is active (tests)."""
         return self._bound
 
     def transaction(self, **options: Any) -> Any:
