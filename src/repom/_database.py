@@ -1,6 +1,6 @@
 """The databases layer: ``Database`` and ``AsyncDatabase`` (one engine and one session factory
 each) and the module defaults.  Import them from :mod:`repom.database`, the public face, which
-also gives them their ``transaction()`` method and holds the seeds' ``DatabaseManager``.
+also gives them their ``transaction()`` method and holds the compatibility ``DatabaseManager``.
 
 A database object owns its engine (created lazily, on first use) and a session factory with
 ``expire_on_commit=False``.  Nothing global blocks a second database: create as many objects as

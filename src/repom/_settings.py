@@ -59,7 +59,7 @@ def _repom_variable(name: str) -> AliasChoices | None:
 class RepomConfig(BaseSettings):
     """All of repom's settings (a pydantic-settings ``BaseSettings``).
 
-    Subclass it to change :attr:`engine_kwargs` (seed 004), or to make it your application's
+    Subclass it to change :attr:`engine_kwargs`, or to make it your application's
     settings class: your fields follow your ``model_config`` (``env_prefix`` included), repom's
     fields keep their ``REPOM_*`` variables (see ``docs/configuration.md``).
     """
@@ -272,7 +272,7 @@ class RepomConfig(BaseSettings):
     def engine_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``create_engine``/``create_async_engine``.
 
-        Override in a subclass to tune the pool (seed 004)::
+        Override in a subclass to tune the pool::
 
             class MyConfig(RepomConfig):
                 @property

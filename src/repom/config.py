@@ -6,9 +6,9 @@ the defaults.  Nothing is read at import time: the first call to :func:`get_conf
 made by the first engine that is needed) builds the object, and ``CONFIG_HOOK`` may then replace it.
 
 ``CONFIG_HOOK="package.module:name"`` names the configuration to use: a function returning it
-(which may take the configuration built so far as its one argument, or no argument at all, as in
-seed 004's ``get_repom_config()``), a :class:`RepomConfig` subclass (built from the environment
-with its own rules: an application's settings class), or an instance of one.
+(which may take the configuration built so far as its one argument, or no argument at all), a
+:class:`RepomConfig` subclass (built from the environment with its own rules: an application's
+settings class), or an instance of one.
 
 Importing this module is cheap: :class:`RepomConfig` (pydantic-settings) is loaded from
 :mod:`repom._settings` the first time it is used.

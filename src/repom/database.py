@@ -11,8 +11,8 @@ For tests, :meth:`Database.bind` points every session the object makes at one co
 back inside the test's outer transaction (see :mod:`repom.testing`).
 
 This module is the public face of the databases layer (:mod:`repom._database`, below the
-transactions): it gives ``Database.transaction()`` its implementation and holds the seeds'
-:class:`DatabaseManager`, both of which are built on :mod:`repom.transactions`.
+transactions): it gives ``Database.transaction()`` its implementation and holds the
+compatibility :class:`DatabaseManager`, both of which are built on :mod:`repom.transactions`.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ register_transaction_factory(transaction)
 
 
 class DatabaseManager:
-    """Seeds 002/003's ``DatabaseManager``, as a thin face over :class:`AsyncDatabase`.
+    """The compatibility ``DatabaseManager``, as a thin face over :class:`AsyncDatabase`.
 
     ``await initialize()`` builds (or adopts) the database and verifies it with ``SELECT 1``;
     ``async with get_session() as s`` commits on success, rolls back on error, always closes;

@@ -2,7 +2,7 @@
 
 What every engine built here gets:
 
-* a pool chosen by environment (seed 002): ``QueuePool``/``AsyncAdaptedQueuePool`` sized from the
+* a pool chosen by environment: ``QueuePool``/``AsyncAdaptedQueuePool`` sized from the
   config; ``NullPool`` for ``environment=test`` on a server database; ``StaticPool`` for in-memory
   SQLite (one shared connection, or the data would vanish between sessions);
 * connect-time settings, applied through events with no extra round trip where the driver allows:

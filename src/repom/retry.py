@@ -162,7 +162,7 @@ def retry_on_database_error(
     max_delay: float = 2.0,
     idempotent: bool = False,
 ) -> Callable[[F], F]:
-    """Seed 000's decorator: retry the decorated function (sync or async) as a whole.
+    """Compatibility decorator: retry the decorated function (sync or async) as a whole.
 
     The function must open its own transaction (``async with tm.transaction()``,
     ``@transactional``...).  Calling it while a transaction is already active raises

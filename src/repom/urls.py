@@ -126,7 +126,7 @@ def _split(url: str) -> tuple[str, str]:
 
 
 def convert_to_async_uri(url: str) -> str:
-    """Return *url* with the async driver of its database (seed 004).
+    """Return *url* with the async driver of its database.
 
     ``sqlite`` -> ``sqlite+aiosqlite``; ``postgresql``/``postgresql+psycopg*`` ->
     ``postgresql+asyncpg``; ``mysql``/``mysql+pymysql`` -> ``mysql+aiomysql``.  URLs that already

@@ -1,4 +1,4 @@
-"""Declarative bases and column mixins (seeds 002/003).
+"""Declarative bases and column mixins.
 
 * :class:`Base` (plain declarative) and :class:`DataclassBase` (``MappedAsDataclass``), with a
   constraint :data:`NAMING_CONVENTION`, repom type annotations and ``to_dict()``.

@@ -91,7 +91,7 @@ class Base(ModelMixin, DeclarativeBase):
 
 
 class DataclassBase(ModelMixin, MappedAsDataclass, DeclarativeBase):
-    """Like :class:`Base`, and every model is also a dataclass (the seeds' ``Base``).
+    """Like :class:`Base`, and every model is also a dataclass (the original guides' ``Base``).
 
     repom's mixin columns are ``init=False`` (set by defaults, not by the constructor), except
     ``UUIDPrimaryKeyMixin.id``: an optional keyword-only argument.

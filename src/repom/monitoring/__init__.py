@@ -1,9 +1,10 @@
 """Pool monitoring and query observability (sync and async engines alike).
 
-* :class:`PoolMonitor` (seed names :class:`ConnectionPoolMonitor`, ``PoolMonitor.setup_listeners``,
-  ``PoolMonitor.get_pool_status``): pool figures for every pool class, ``check_health()``, and
-  opt-in listeners -- slow-statement log, long-checkout warning with the route or stack that held
-  the connection, connection age, invalidation/disconnect counts, checkout wait.
+* :class:`PoolMonitor` (compatibility names :class:`ConnectionPoolMonitor`,
+  ``PoolMonitor.setup_listeners``, ``PoolMonitor.get_pool_status``): pool figures for every
+  pool class, ``check_health()``, and opt-in listeners -- slow-statement log, long-checkout
+  warning with the route or stack that held the connection, connection age,
+  invalidation/disconnect counts, checkout wait.
 * :class:`QueryCounter` / :func:`assert_max_queries`: count the statements a block sends (N+1).
 * :func:`register_metrics` / :func:`metrics_text`: Prometheus metrics (``prometheus`` extra;
   ``prometheus-client`` is imported only when these are used).

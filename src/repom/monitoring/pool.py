@@ -49,7 +49,7 @@ class DatabaseLike(Protocol):
 
 
 class ManagerLike(Protocol):
-    """What monitoring needs of the seeds' ``DatabaseManager``."""
+    """What monitoring needs of a ``DatabaseManager``."""
 
     @property
     def database(self) -> DatabaseLike: ...
@@ -156,7 +156,7 @@ def _pool_figures(pool: Pool, tracked_out: int) -> dict[str, Any]:
     return {
         "pool_class": pool_class_name(pool),
         "pool_size": size,
-        "size": size,  # seed 002's name
+        "size": size,  # compatibility name
         "max_overflow": max_overflow,
         "capacity": capacity,
         "checked_out": checked_out,
@@ -201,8 +201,8 @@ R = TypeVar("R")
 
 
 class _ClassOrInstance(Generic[R]):
-    """A method callable on an instance (``monitor.get_pool_status()``, seed 000) and on the
-    class with an engine first (``PoolMonitor.get_pool_status(engine)``, seed 002)."""
+    """A method callable on an instance (``monitor.get_pool_status()``) and on the
+    class with an engine first (``PoolMonitor.get_pool_status(engine)``)."""
 
     def __init__(self, func: Callable[..., R]) -> None:
         self.func = func
@@ -294,7 +294,7 @@ class PoolMonitor:
 
     @_ClassOrInstance
     def get_pool_status(self) -> dict[str, Any]:
-        """Seed 000 ``monitor.get_pool_status()`` / seed 002 ``PoolMonitor.get_pool_status(e)``."""
+        """``monitor.get_pool_status()`` or ``PoolMonitor.get_pool_status(engine)``."""
         return self.status()
 
     def long_checkouts(self, threshold: float | None = None) -> list[dict[str, Any]]:
@@ -365,7 +365,7 @@ class PoolMonitor:
         return PoolHealth(not warnings, tuple(warnings), status)
 
     async def monitor_health(self, **kwargs: Any) -> PoolHealth:
-        """Seed 000: check the pool and log a warning for each problem found."""
+        """Check the pool and log a warning for each problem found."""
         kwargs.setdefault("log", True)
         return self.check_health(**kwargs)
 
@@ -418,7 +418,7 @@ class PoolMonitor:
 
     @_ClassOrInstance
     def setup_listeners(self, **options: Any) -> PoolMonitor:
-        """Seed 002: ``PoolMonitor.setup_listeners(engine)`` -- :meth:`install` with seed 002's
+        """``PoolMonitor.setup_listeners(engine)`` -- :meth:`install` with a
         five-minute connection-age warning unless told otherwise."""
         options.setdefault("max_connection_age", 300.0)
         return self.install(**options)
@@ -430,5 +430,5 @@ class PoolMonitor:
 
 
 class ConnectionPoolMonitor(PoolMonitor):
-    """Seed 000's name: ``ConnectionPoolMonitor(engine).get_pool_status()`` and
+    """Compatibility name: ``ConnectionPoolMonitor(engine).get_pool_status()`` and
     ``await monitor.monitor_health()``."""

@@ -80,7 +80,7 @@ class _RepositoryBase(Generic[M]):
         model_class: type[M] | None = None,
         cursor_secret: str | bytes | None = None,
     ) -> None:
-        """``Repo(session)``, ``Repository(session, Model)`` (the seeds'
+        """``Repo(session)``, ``Repository(session, Model)`` (the compatibility form
         ``AsyncRepository(session, model_class)``) or, inside ``transaction()``, ``Repo()``."""
         if model is None:
             model = model_class
@@ -99,7 +99,7 @@ class _RepositoryBase(Generic[M]):
 
     @property
     def model_class(self) -> type[M]:
-        """The mapped class this repository works on (seed name)."""
+        """The mapped class this repository works on (compatibility name)."""
         return self._ctx.info.model
 
     def _resolve_model(self) -> type[M]:
@@ -723,6 +723,6 @@ class AsyncRepository(_RepositoryBase[M]):
         )
 
 
-#: seed names
+#: compatibility names
 BaseRepository = Repository
 AsyncBaseRepository = AsyncRepository

@@ -118,9 +118,9 @@ def split_where(
 ) -> tuple[tuple[Any, ...], dict[str, Any] | None, dict[str, Any] | None]:
     """``(expressions, caller filters, code filters)`` from a read's arguments.
 
-    Positional criteria may be SQLAlchemy expressions or filter mappings (seed style
-    ``count(filters)``).  Mappings, positional or ``filters=``, are caller-supplied filters
-    (checked against ``filterable_fields``); keyword filters are the application's own
+    Positional criteria may be SQLAlchemy expressions or filter mappings (the
+    compatibility ``count(filters)``).  Mappings, positional or ``filters=``, are caller-supplied
+    filters (checked against ``filterable_fields``); keyword filters are the application's own
     (any mapped column).
     """
     exprs: list[Any] = []

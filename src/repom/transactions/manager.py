@@ -1,4 +1,4 @@
-"""The seeds' names (``TransactionManager``, ``SessionManager``) as thin faces over
+"""The compatibility names (``TransactionManager``, ``SessionManager``) as thin faces over
 :func:`repom.transactions.transaction`.
 
 Each method returns a :class:`~repom.transactions.Transaction`, usable with ``with`` on a
@@ -10,7 +10,7 @@ Each method returns a :class:`~repom.transactions.Transaction`, usable with ``wi
     async with tm.nested_transaction(session): ...      # SAVEPOINT
     async with tm.batch_session() as session: ...       # SET LOCAL synchronous_commit = off
 
-Seed 000's ``DatabaseManager``-based construction also works: ``TransactionManager(db_manager)``.
+Construction from a ``DatabaseManager`` also works: ``TransactionManager(db_manager)``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 
 class HasDatabase(Protocol):
-    """The seeds' ``DatabaseManager`` (:mod:`repom.database`, a layer above): it holds one."""
+    """The compatibility ``DatabaseManager`` (:mod:`repom.database`, a layer above) holds one."""
 
     @property
     def database(self) -> AsyncDatabase: ...
@@ -57,10 +57,10 @@ def _database(source: Any) -> Database | AsyncDatabase | None:
 
 
 class TransactionManager:
-    """Seeds 000/003: ``transaction()``, ``read_only_session()``, ``nested_transaction(session)``,
+    """``transaction()``, ``read_only_session()``, ``nested_transaction(session)``,
     ``batch_session()``.  ``database=None`` uses the module default of the flavour in use.
 
-    Seed 003 builds it on a session: ``TransactionManager(session).transaction(
+    It can also be built on a session: ``TransactionManager(session).transaction(
     rollback_on_exception=..., commit_on_success=...)`` runs in that session's transaction (joins
     it when it is in a repom scope, else owns it: commit on success, roll back on error)."""
 
@@ -117,7 +117,7 @@ class TransactionManager:
 
 
 class SessionManager(TransactionManager):
-    """Seed 000's ``SessionManager``: ``get_session(isolation_level=..., read_only=...)`` and
+    """The compatibility ``SessionManager``: ``get_session(isolation_level=..., read_only=...)`` and
     ``batch_session(batch_size=...)``.  The isolation level is validated against
     :class:`IsolationLevel`; it is never pasted into SQL."""
 
