@@ -33,6 +33,7 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,7 @@ async def bench_bulk(engine: AsyncEngine, rows: list[dict[str, Any]], rounds: in
         conn = await session.connection()
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None
-        records = [tuple(r[c] for c in COLUMNS) for r in rows]
+        records = list(map(itemgetter(*COLUMNS), rows))  # as tight as a hand-written COPY gets
         await raw.copy_records_to_table("bench_repo_rows", records=records, columns=COLUMNS)
         return n
 

@@ -9,23 +9,36 @@ PostgreSQL fast paths (the table must be a single-table mapping):
 * ``COPY`` (asyncpg ``copy_records_to_table``, psycopg ``cursor.copy``) for ``bulk_create``.
   Keys are known before the rows are sent: taken from the rows, computed from Python-side
   defaults, or reserved from the key's sequence with one ``SELECT array_agg(nextval(...))``.
+  Rows whose keys need no reservation are streamed: one COPY reads the input chunk by chunk
+  (checked as it goes, inside a savepoint when it reads beyond the first chunk).
 * ``INSERT ... SELECT ... FROM unnest(:col1, :col2, ...)``: one statement and one parameter per
   column for a whole chunk, used by ``bulk_create(method="insert")``, ``bulk_upsert``
   (with ``ON CONFLICT``) and ``bulk_update`` (``UPDATE ... FROM unnest(...)``).
 
 Elsewhere (SQLite, MySQL/MariaDB) the same operations use executemany / insertmanyvalues.
+
+Plain model instances take the same row path, column by column (values read from each
+instance's ``__dict__``), and are then made persistent in bulk the way a flush leaves inserted
+objects (see :func:`_persist`); instances that need the unit of work go through it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import itertools
+import operator
 import uuid
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from decimal import Decimal
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy import (
+    Boolean,
     Column,
     Integer,
     PrimaryKeyConstraint,
@@ -48,6 +61,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Session, attributes, make_transient_to_detached
 from sqlalchemy.orm.base import NO_VALUE
+from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.sqltypes import JSON, Enum, TypeDecorator
 from sqlalchemy.types import TypeEngine
@@ -75,6 +89,9 @@ M = TypeVar("M")
 
 DEFAULT_CHUNK = 10_000
 COPY_CHUNK = 50_000
+#: chunks of rows streamed into one COPY: small enough that the server never waits long for the
+#: next one, large enough that the work per chunk stays negligible
+STREAM_CHUNK = 2_000
 RETURNING = ("objects", "keys", None)
 METHODS = ("auto", "insert", "copy")
 _COPY_DRIVERS = frozenset({"asyncpg", "psycopg"})  # psycopg: sync and async connections
@@ -93,13 +110,27 @@ def _count(result: Any, sent: int) -> int:
     return count if count >= 0 else sent
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+def _chunks(items: Iterable[Any], size: int, note: str | None = None) -> Iterator[list[Any]]:
+    """*items* in lists of *size*; a SQLAlchemy error raised by reading *items* gets *note*."""
     iterator = iter(items)
     while True:
-        chunk = list(itertools.islice(iterator, size))
+        try:
+            chunk = list(itertools.islice(iterator, size))
+        except sa_exc.SQLAlchemyError as exc:
+            if note is not None:
+                exc.add_note(note)
+            raise
         if not chunk:
             return
         yield chunk
+
+
+#: why reading a streamed input can fail on the database
+_STREAM_NOTE = (
+    "bulk_create() reads its input while it streams the rows into COPY on the session's "
+    "connection; an input that uses that connection as it is read (the same session, lazy "
+    "loads, a server-side cursor) must be read between statements: pass chunk_size=N"
+)
 
 
 def _chunk_size(value: Any) -> int:
@@ -139,6 +170,97 @@ def _groups(
 
     for keys, group in itertools.groupby(rows, key=keys_of):
         yield keys, list(group)
+
+
+def _uniform(info: ModelInfo[Any], chunk: Sequence[Any], kinds: set[type]) -> _Group | None:
+    """A chunk of plain dicts that all have the same column keys, as one group holding its
+    rows and one list of values per key (a few C-level passes instead of a loop per row);
+    ``None`` for anything else, which the row-by-row path handles (its errors included).
+
+    The rows go to COPY as ``zip(*columns)``: ``zip`` hands out one tuple that the driver has
+    let go of before it asks for the next, so no tuple per row is created (building a list of
+    row tuples would keep a chunk's worth of them alive for the garbage collector to sift)."""
+    if kinds != {dict}:
+        return None
+    keys = tuple(chunk[0])
+    if not info.column_keys.issuperset(keys) or set(map(len, chunk)) != {len(keys)}:
+        return None
+    try:  # every row has as many keys as the first one, and each of them: the same keys
+        columns = [list(map(itemgetter(key), chunk)) for key in keys]
+    except KeyError:
+        return None
+    return _Group(keys, len(chunk), rows=cast(list[dict[str, Any]], chunk), columns=columns)
+
+
+class _Group:
+    """Rows with the same keys, held as dicts, as one list of values per key, or both."""
+
+    __slots__ = ("_columns", "_rows", "checked", "keys", "last", "size")
+
+    def __init__(
+        self,
+        keys: Sequence[str],
+        size: int,
+        rows: list[dict[str, Any]] | None = None,
+        columns: list[list[Any]] | None = None,
+    ) -> None:
+        self.keys = tuple(keys)
+        self.size = size
+        self.last = False  # known to be the last group of the input
+        #: the values in ``columns`` passed the column type checks
+        self.checked = False
+        self._rows = rows
+        self._columns = columns
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        if self._rows is None:
+            columns = cast(list[list[Any]], self._columns)
+            if not self.keys:
+                self._rows = [{} for _ in range(self.size)]
+            else:
+                self._rows = [
+                    dict(zip(self.keys, row, strict=True)) for row in zip(*columns, strict=True)
+                ]
+        return self._rows
+
+    @property
+    def columns(self) -> list[list[Any]]:
+        """The given values, one list per key (the caller must not change them)."""
+        if self._columns is None:
+            rows = self.rows
+            self._columns = [list(map(itemgetter(key), rows)) for key in self.keys]
+        return self._columns
+
+
+def _merged(groups: list[_Group]) -> _Group:
+    """Consecutive groups with the same keys, as one."""
+    if len(groups) == 1:
+        return groups[0]
+    rows = [row for group in groups for row in group.rows]
+    columns = None
+    if all(group._columns is not None for group in groups):
+        columns = [
+            list(itertools.chain.from_iterable(g.columns[i] for g in groups))
+            for i in range(len(groups[0].keys))
+        ]
+    return _Group(groups[0].keys, len(rows), rows=rows, columns=columns)
+
+
+def _prepare(
+    info: ModelInfo[Any], chunk: Sequence[Any], kinds: set[type], first: int
+) -> list[_Group]:
+    """A chunk of input rows (dicts, mappings, pydantic models, dataclasses; *kinds*: their
+    types; *first*: the position of its first row in the input), validated, as groups of
+    consecutive rows with the same keys."""
+    group = _uniform(info, chunk, kinds)
+    if group is not None:
+        validator(info).check_columns(group.keys, group.columns, first)
+        group.checked = True
+        return [group]
+    rows = [_row(info, item, "bulk_create()") for item in chunk]
+    validator(info).check_rows(rows, first)
+    return [_Group(keys, len(group), rows=group) for keys, group in _groups(rows)]
 
 
 # --------------------------------------------------------------------------- column defaults
@@ -364,15 +486,15 @@ class _Shape:
         #: keys can be reserved from the key's sequence
         self.prefetchable = missing_pk == [self.serial_key] if self.serial_key else False
 
-    def column_values(self, rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    def column_values(self, group: _Group) -> list[list[Any]]:
         """One list per column of ``all_keys`` (column-major), Python-side defaults applied."""
-        columns = [[row[key] for row in rows] for key in self.keys]
+        columns = group.columns
         if not self.defaults:
             return columns
         if all(getattr(fn, "constant", False) for _, fn in self.defaults):
-            return columns + [[fn({})] * len(rows) for _, fn in self.defaults]
+            return columns + [[fn({})] * group.size for _, fn in self.defaults]
         computed: list[list[Any]] = [[] for _ in self.defaults]
-        for row in rows:
+        for row in group.rows:
             params = dict(row)
             for i, (key, fn) in enumerate(self.defaults):
                 value = params[key] = fn(params)
@@ -380,19 +502,28 @@ class _Shape:
         return columns + computed
 
     def with_keys(
-        self, session: Session, conn: Connection, columns: list[list[Any]], want_keys: bool
+        self,
+        session: Session,
+        conn: Connection,
+        columns: list[list[Any]],
+        size: int,
+        want_keys: bool,
     ) -> tuple[list[Column[Any]], list[list[Any]], list[Any]]:
         """Target columns, their values and the keys to return (reserved when needed)."""
         targets = list(self.all_columns)
         if not want_keys:
             return targets, columns, []
         if not self.keys_known:
-            reserved = _reserve_keys(session, conn, self, len(columns[0]) if columns else 0)
+            reserved = _reserve_keys(session, conn, self, size)
             return [*targets, cast(Column[Any], self.serial_column)], [*columns, reserved], reserved
+        return targets, columns, self.keys_in(columns)
+
+    def keys_in(self, columns: list[list[Any]]) -> list[Any]:
+        """The primary keys of rows whose keys are known (``keys_known``), in row order."""
         positions = [self.all_keys.index(k) for k in self.info.pk_keys]
         if len(positions) == 1:
-            return targets, columns, list(columns[positions[0]])
-        return targets, columns, list(zip(*(columns[p] for p in positions), strict=True))
+            return list(columns[positions[0]])
+        return list(zip(*(columns[p] for p in positions), strict=True))
 
 
 def _sequence_name(conn: Connection, shape: _Shape) -> str | None:
@@ -433,7 +564,7 @@ def _reserve_keys(session: Session, conn: Connection, shape: _Shape, count: int)
         func.generate_series(1, bindparam("repom_n", count, type_=Integer()))
     )
     keys = conn.execute(stmt).scalar_one()
-    if not keys or len(keys) != count or any(k is None for k in keys):
+    if not keys or len(keys) != count or None in keys:
         raise InvalidOptionError(
             f"could not reserve keys from the sequence of {table_name(shape)}", option="method"
         )
@@ -444,13 +575,26 @@ def table_name(shape: _Shape) -> str:
     return f"{shape.table.name}.{shape.serial_key}"
 
 
+_BOOLS = frozenset({bool, type(None)})
+
+
 def _processed(
-    dialect: Dialect, targets: Sequence[Column[Any]], columns: list[list[Any]]
+    dialect: Dialect,
+    targets: Sequence[Column[Any]],
+    columns: list[list[Any]],
+    checked: Sequence[list[Any]] = (),
 ) -> list[list[Any]]:
     """Column values passed through the dialect's bind processors (what SQLAlchemy would send
-    as parameters), column by column."""
+    as parameters), column by column.  ``Boolean``'s processor only checks that each value is
+    ``True``/``False``/``None`` on a native-boolean database: a column holding nothing else
+    (known from the value checks when it is one of the *checked* lists) is sent as it is."""
     out = []
+    native_bool = dialect.supports_native_boolean
     for column, values in zip(targets, columns, strict=True):
+        if native_bool and type(column.type) is Boolean:
+            if any(values is c for c in checked) or set(map(type, values)) <= _BOOLS:
+                out.append(values)
+                continue
         proc = column.type.dialect_impl(dialect).bind_processor(dialect)
         if proc is None:
             out.append(values)
@@ -473,6 +617,33 @@ def _check_bulk_options(returning: Any, method: Any) -> None:
         )
 
 
+_MIXED = "bulk_create() got model instances mixed with other rows; pass one kind"
+
+
+def _instances_in(info: ModelInfo[Any], kinds: set[type]) -> bool:
+    """Are the items of a chunk (of types *kinds*) model instances (``True``) or rows
+    (``False``)?  Both: refused."""
+    found = {issubclass(kind, info.model) for kind in kinds}
+    if found == {True, False}:
+        raise InvalidOptionError(_MIXED, option="items")
+    return True in found
+
+
+def _row_groups(info: ModelInfo[Any], chunks: Iterator[list[Any]], size: int) -> Iterator[_Group]:
+    """The groups of each chunk, checked a chunk at a time; the last group of a chunk shorter
+    than *size* is marked ``last`` (nothing follows it)."""
+    first = 0
+    for chunk in chunks:
+        kinds = set(map(type, chunk))
+        if _instances_in(info, kinds):
+            raise InvalidOptionError(_MIXED, option="items")
+        groups = _prepare(info, chunk, kinds, first)
+        if len(chunk) < size:
+            groups[-1].last = True
+        first += len(chunk)
+        yield from groups
+
+
 def op_bulk_create(
     session: Session,
     ctx: RepoContext[M],
@@ -490,94 +661,300 @@ def op_bulk_create(
         )
     info = ctx.info
     flush(session)  # pending ORM work first: COPY/Core statements bypass the unit of work
-    results: list[Any] = []
-    total = 0
-    conn: Connection | None = None
     iterator = iter(items)
     first = next(iterator, None)
     if first is None:
         return 0 if returning is None else []
     items = itertools.chain((first,), iterator)
-    if chunk_size is None and method != "insert":
-        if returning != "objects" or isinstance(first, info.model):
-            bind = session.get_bind(info.mapper)
-            if bind.dialect.name == "postgresql":
-                size = COPY_CHUNK  # COPY: fewer, larger batches
-    plan: _InstancePlan | bool | None = False  # False: not looked at yet
-    for chunk in _chunks(items, size):
-        instances = [item for item in chunk if isinstance(item, info.model)]
-        if instances:
-            if len(instances) != len(chunk):
-                raise InvalidOptionError(
-                    "bulk_create() got model instances mixed with other rows; pass one kind",
-                    option="items",
-                )
-            validator(info).check_objects(instances)
-            if plan is False:
-                plan = _instance_plan(session, info)
-            fast = plan.rows(instances) if isinstance(plan, _InstancePlan) else None
-            if fast is not None:
-                if conn is None:
-                    conn = session.connection(bind_arguments={"mapper": info.mapper})
-                new_keys = _insert_instances(session, conn, info, instances, fast, method)
-            else:
-                if method == "copy":
-                    raise InvalidOptionError(
-                        "method='copy' cannot write these model instances: they need the unit "
-                        "of work (relationships, insert events, server-side values); use "
-                        "method='auto'",
-                        option="method",
-                    )
-                session.add_all(instances)
-                flush(session)
-                new_keys = None
-            total += len(instances)
-            if returning == "objects":
-                results.extend(instances)
-            elif returning == "keys":
-                if new_keys is None:
-                    new_keys = [info.pk_value(info.identity_of(obj)) for obj in instances]
-                results.extend(new_keys)
-            continue
-        rows = [_row(info, item, "bulk_create()") for item in chunk]
-        validator(info).check_rows(rows)
-        if conn is None:
-            conn = session.connection(bind_arguments={"mapper": info.mapper})
-        if returning == "objects":
-            if method == "copy":
+    instances = isinstance(first, info.model)
+    copy_default = False
+    if chunk_size is None and method != "insert" and (returning != "objects" or instances):
+        if session.get_bind(info.mapper).dialect.name == "postgresql":
+            size = COPY_CHUNK  # COPY: fewer, larger batches
+            copy_default = True
+    run = _Run(session, info, returning, method)
+    if instances:
+        for chunk in _chunks(items, size):
+            run.instances(chunk)
+    elif copy_default and returning != "objects" and run.can_stream():
+        chunks = _chunks(items, STREAM_CHUNK, _STREAM_NOTE)
+        run.stream(_row_groups(info, chunks, STREAM_CHUNK))
+    else:
+        for group in _row_groups(info, _chunks(items, size), size):
+            run.rows(group)
+    return run.total if returning is None else run.results
+
+
+class _Run:
+    """One ``bulk_create`` call: its connection (taken when the first rows are written), the
+    results so far and how instances of the class are written."""
+
+    def __init__(self, session: Session, info: ModelInfo[Any], returning: Any, method: Any) -> None:
+        self.session = session
+        self.info = info
+        self.returning = returning
+        self.method = method
+        self.results: list[Any] = []
+        self.total = 0
+        self._conn: Connection | None = None
+        self._plan: _InstancePlan | bool | None = False  # False: not looked at yet
+
+    @property
+    def conn(self) -> Connection:
+        if self._conn is None:
+            self._conn = self.session.connection(bind_arguments={"mapper": self.info.mapper})
+        return self._conn
+
+    def can_stream(self) -> bool:
+        """Can rows be streamed into COPY?  Only through an async driver (asyncpg, psycopg's
+        async connection): the input is read while the COPY runs, and an input that uses the
+        same connection then fails at once there, where psycopg's sync connection would wait
+        for itself forever."""
+        dialect = self.conn.dialect
+        return (
+            self.method in ("auto", "copy")
+            and self.info.table is not None
+            and dialect.driver in _COPY_DRIVERS
+            and dialect.is_async
+        )
+
+    # ------------------------------------------------------------------ rows
+
+    def rows(self, group: _Group) -> None:
+        """Write one group of rows with its own statement(s)."""
+        session, info = self.session, self.info
+        if self.returning == "objects":
+            if self.method == "copy":
                 raise InvalidOptionError(
                     "method='copy' returns keys or a count, not objects; use returning='keys' "
                     "or returning=None",
                     option="method",
                 )
-            results.extend(_insert_objects(session, conn, info, rows))
-            total += len(rows)
-            continue
-        for keys, group in _groups(rows):
-            created = _insert_rows(session, conn, info, keys, group, returning, method)
-            total += len(group)
-            if returning == "keys":
-                results.extend(cast(list[Any], created))
-    return total if returning is None else results
+            self.results.extend(_insert_objects(session, self.conn, info, group.rows))
+        else:
+            created = _insert_group(session, self.conn, info, group, self.returning, self.method)
+            if self.returning == "keys":
+                self.results.extend(cast(list[Any], created))
+        self.total += group.size
+
+    def stream(self, groups: Iterator[_Group]) -> None:
+        """Write the groups with as few COPY statements as possible: consecutive groups with the
+        same keys (the chunks of a long input) go into one COPY, fed chunk by chunk as the driver
+        asks for rows, so each chunk is read, checked and converted while the server stores
+        the one before.  Groups COPY cannot take as a stream (keys to reserve from the
+        sequence, values only SQL can compute) are written one by one as :meth:`rows` writes
+        them.
+
+        A COPY that may read more of the input than the chunk checked before it started runs
+        inside a savepoint: a bad row in a later chunk (or any other error) rolls it back whole,
+        so nothing of the call is written and the transaction stays usable, as when the error
+        is found before anything was sent."""
+        info = self.info
+        table = cast(Table, info.table)
+        want_keys = self.returning == "keys"
+        current = next(groups, None)
+        while current is not None:
+            shape = _Shape(info, table, current.keys)
+            if (shape.keys_known or not want_keys) and _copy_usable(self.conn, shape):
+                current = self._copy_run(shape, current, groups, want_keys)
+                continue
+            # one statement per COPY_CHUNK rows at most, as without streaming
+            batch, size = [current], current.size
+            current = None if batch[-1].last else next(groups, None)
+            while current is not None and current.keys == batch[0].keys:
+                if size + current.size > COPY_CHUNK:
+                    break
+                batch.append(current)
+                size += current.size
+                current = None if current.last else next(groups, None)
+            self.rows(_merged(batch))
+
+    def _copy_run(
+        self, shape: _Shape, first: _Group, groups: Iterator[_Group], want_keys: bool
+    ) -> _Group | None:
+        """One COPY for *first* and the groups after it with the same keys; returns the group
+        that ended the run (other keys), ``None`` at the end of the input."""
+        conn = self.conn
+        targets = shape.all_columns
+        following: _Group | None = None
+
+        def batches() -> Iterator[Iterator[tuple[Any, ...]]]:
+            nonlocal following
+            group = first
+            while True:
+                columns = shape.column_values(group)
+                if want_keys:
+                    self.results.extend(shape.keys_in(columns))
+                checked = group.columns if group.checked else ()
+                yield zip(*_processed(conn.dialect, targets, columns, checked), strict=True)
+                if group.last:
+                    return
+                upcoming = next(groups, None)  # read and checked while the COPY is open
+                if upcoming is None or upcoming.keys != first.keys:
+                    following = upcoming
+                    return
+                group = upcoming
+
+        records = itertools.chain.from_iterable(batches())
+        if not first.last and not _autocommit(conn):
+            with conn.begin_nested():
+                self.total += _copy(conn, shape.table, targets, records)
+        else:
+            self.total += _copy(conn, shape.table, targets, records)
+        return following
+
+    # ------------------------------------------------------------------ instances
+
+    def instances(self, chunk: list[Any]) -> None:
+        session, info = self.session, self.info
+        kinds = set(map(type, chunk))
+        if not _instances_in(info, kinds):
+            raise InvalidOptionError(_MIXED, option="items")
+        if self._plan is False:
+            self._plan = _instance_plan(session, info)
+        plan = cast(_InstancePlan | None, self._plan)
+        batch = plan.batch(chunk, kinds) if plan is not None else None
+        keys: list[Any] | None
+        if batch is not None:
+            validator(info).check_columns(batch.keys, batch.columns, self.total)
+            keys = _insert_instances(
+                session, self.conn, info, cast(_InstancePlan, plan), batch, self.method
+            )
+        else:
+            validator(info).check_objects(chunk, self.total)
+            if self.method == "copy":
+                raise InvalidOptionError(
+                    "method='copy' cannot write these model instances: they need the unit "
+                    "of work (relationships, insert events, server-side values); use "
+                    "method='auto'",
+                    option="method",
+                )
+            session.add_all(chunk)
+            flush(session)
+            keys = None
+        self.total += len(chunk)
+        if self.returning == "objects":
+            self.results.extend(chunk)
+        elif self.returning == "keys":
+            if keys is None:
+                keys = [info.pk_value(info.identity_of(obj)) for obj in chunk]
+            self.results.extend(keys)
+
+
+def _autocommit(conn: Connection) -> bool:
+    """Does the DBAPI connection commit every statement (no transaction to hold a savepoint)?"""
+    return bool(getattr(conn.connection.dbapi_connection, "autocommit", False))
 
 
 # --------------------------------------------------------------------------- model instances
 
-_MISSING: Any = object()
-_DEFAULT, _NULL, _REQUIRED = 0, 1, 2
-#: session events that expect to see every flushed object
-_FLUSH_EVENTS = ("before_flush", "after_flush", "after_flush_postexec")
+
+class _Missing:
+    """An attribute the instance has no value for (the ORM leaves its column out of the
+    INSERT)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING: Any = _Missing()
+_NONE_TYPE = type(None)
+_NULL, _CONSTANT, _CALLABLE, _REQUIRED = 0, 1, 2, 3
+#: session events that expect to see every object go through a flush (attach, pending)
+_SESSION_EVENTS = (
+    "before_flush",
+    "after_flush",
+    "after_flush_postexec",
+    "before_attach",
+    "after_attach",
+    "transient_to_pending",
+    "pending_to_persistent",
+)
+#: value types that are never SQL expressions (skips the check for the common case)
+_PLAIN: frozenset[type] = frozenset(
+    {str, int, float, bool, bytes, Decimal, uuid.UUID, dt.datetime, dt.date, dt.time, dict, list}
+    | {_NONE_TYPE, _Missing}
+)
+_CLAUSE_TYPES: dict[type, bool] = {}
+_KEY, _SESSION_ID = attrgetter("key"), attrgetter("session_id")
+
+
+def _clause_type(kind: type) -> bool:
+    """Are values of *kind* SQL expressions (which only the unit of work renders)?"""
+    found = _CLAUSE_TYPES.get(kind)
+    if found is None:
+        found = issubclass(kind, ClauseElement) or hasattr(kind, "__clause_element__")
+        _CLAUSE_TYPES[kind] = found
+    return found
+
+
+def _values(dicts: Sequence[dict[str, Any]], key: str) -> list[Any]:
+    """The value of *key* in each dict (``_MISSING`` where absent)."""
+    try:
+        return list(map(itemgetter(key), dicts))
+    except KeyError:
+        return list(map(dict.get, dicts, itertools.repeat(key), itertools.repeat(_MISSING)))
+
+
+class _RowContext:
+    """The part of SQLAlchemy's execution context that a context-aware column default reads
+    (``context.get_current_parameters()``), for row ``index`` of column-major values."""
+
+    __slots__ = ("_columns", "_names", "index")
+
+    def __init__(self, names: Sequence[str], columns: Sequence[list[Any]]) -> None:
+        self._names = names
+        self._columns = columns
+        self.index = 0
+
+    @property
+    def current_parameters(self) -> dict[str, Any]:
+        i = self.index
+        return {
+            name: values[i]
+            for name, values in zip(self._names, self._columns, strict=True)
+            if values[i] is not _MISSING
+        }
+
+    def get_current_parameters(self, isolate_multiinsert_groups: bool = True) -> dict[str, Any]:
+        return self.current_parameters
+
+
+class _InstanceBatch:
+    """A chunk of plain instances, ready to write: their states and ``__dict__``s, the column
+    values (one list per key, defaults filled) and which values were filled in (to be set on
+    the instances once written)."""
+
+    __slots__ = ("columns", "dicts", "filled", "keys", "size", "states")
+
+    def __init__(
+        self,
+        states: list[InstanceState[Any]],
+        dicts: list[dict[str, Any]],
+        keys: list[str],
+        columns: list[list[Any]],
+        filled: list[tuple[int, list[int] | None]],
+    ) -> None:
+        self.states = states
+        self.dicts = dicts
+        self.keys = keys
+        self.columns = columns
+        self.filled = filled  # (position in keys, rows filled; None: every row)
+        self.size = len(states)
 
 
 class _InstancePlan:
-    """How plain model instances of one class become rows of the dict path.
+    """How plain model instances of one class become rows, and persistent objects afterwards.
 
     Per column (in mapper order): the instance's value; when it has none (or ``None``, which
     the ORM leaves out of its INSERT as well), the column's Python-side default computed as the
     ORM computes it, ``None`` for a column with no default at all, or "unit of work needed"
     for a column whose value only the server knows (server default, SQL-expression default,
-    sequence).  The serial key is left to the database (reserved or returned); the version
-    counter gets ``version_id_generator(None)``, as the ORM sets it on INSERT.
+    sequence) or a primary-key column without a value.  The serial key is left to the database
+    (reserved or returned); the version counter gets ``version_id_generator(None)``, as the ORM
+    sets it on INSERT.
     """
 
     def __init__(self, info: ModelInfo[Any], table: Table) -> None:
@@ -585,96 +962,120 @@ class _InstancePlan:
         serial = _autoincrement(table)
         eval_none = mapper._insert_cols_evaluating_none[table]
         self.info = info
+        self.manager = mapper.class_manager
+        self.dict_of: Callable[[Any], dict[str, Any]] = self.manager.dict_getter()
+        self.identity_class: type[Any] = mapper._identity_class
+        self.relationships = tuple(info.relationships)
         self.serial_key: str | None = None
         self.version_key = info.version_key
         self.version_fn: Any = mapper.version_id_generator
-        self.relationships = tuple(info.relationships)
-        self.steps: list[tuple[str, int, Any, bool]] = []
+        #: (attribute key, column key, kind, default, None is a value)
+        self.steps: list[tuple[str, str, int, Any, bool]] = []
         for key, column in info.columns.items():
             if key == self.version_key:
                 continue
             if serial is not None and column is serial and key in info.pk_keys:
                 self.serial_key = key
                 continue
-            fn = _python_default(column)
-            if callable(fn):
-                self.steps.append((key, _DEFAULT, fn, column in eval_none))
-            elif fn is None and column.server_default is None:
-                self.steps.append((key, _NULL, None, column in eval_none))
-            else:
-                self.steps.append((key, _REQUIRED, None, column in eval_none))
+            default = column.default
+            kind, arg = _REQUIRED, None
+            if default is None:
+                if column.server_default is None and key not in info.pk_keys:
+                    kind = _NULL
+            elif getattr(default, "is_scalar", False):
+                kind, arg = _CONSTANT, default.arg  # type: ignore[attr-defined]
+            elif getattr(default, "is_callable", False):
+                kind, arg = _CALLABLE, default.arg  # type: ignore[attr-defined]
+            self.steps.append((key, column.key, kind, arg, column in eval_none))
+        #: column properties that are not plain columns: expired after the INSERT, as a flush
+        #: expires them
+        self.readonly = [prop.key for prop in mapper._readonly_props]
+        self.refresh_flush = self.manager.dispatch.refresh_flush
 
-    def row(self, obj: Any) -> dict[str, Any] | None:
-        """The row of one instance; ``None`` when it needs the unit of work."""
-        state = attributes.instance_state(obj)
-        if state.key is not None or state.session_id is not None:
-            return None  # not transient: the session already knows it
-        data = state.dict
-        for key in self.relationships:
-            if key in data:
+    def batch(self, objects: Sequence[Any], kinds: set[type]) -> _InstanceBatch | None:
+        """The rows of a chunk (*kinds*: the types of its items); ``None`` when any instance
+        needs the unit of work (the whole chunk then goes through it, so rows keep their input
+        order)."""
+        if kinds != {self.info.model}:
+            return None  # instances of a subclass
+        states: list[InstanceState[Any]] = list(map(attributes.instance_state, objects))
+        if set(map(_KEY, states)) != {None} or set(map(_SESSION_ID, states)) != {None}:
+            return None  # not transient: a session knows it
+        dicts = list(map(self.dict_of, objects))
+        for rel in self.relationships:
+            if any(map(operator.contains, dicts, itertools.repeat(rel))):
                 return None  # a relationship was set (or a collection touched)
-        row: dict[str, Any] = {}
-        for key, kind, fn, eval_none in self.steps:
-            value = data.get(key, _MISSING)
-            if value is None and not eval_none:
-                value = _MISSING
-            if value is not _MISSING:
-                if _is_clause(value):
-                    return None
-                row[key] = value
-            elif kind == _DEFAULT:
-                row[key] = fn(row)
-            elif kind == _NULL:
-                row[key] = None
-            else:
+        keys: list[str] = []
+        names: list[str] = []
+        columns: list[list[Any]] = []
+        holes: list[tuple[int, int, Any, list[int]]] = []
+        for key, name, kind, arg, eval_none in self.steps:
+            values = _values(dicts, key)
+            kinds = set(map(type, values))
+            if not kinds <= _PLAIN and any(_clause_type(k) for k in kinds - _PLAIN):
                 return None
-        if self.serial_key is not None:
-            value = data.get(self.serial_key)
-            if value is not None:
-                if _is_clause(value):
+            none_missing = _NONE_TYPE in kinds and not eval_none
+            if none_missing or _Missing in kinds:
+                if kind == _REQUIRED:
                     return None
-                row[self.serial_key] = value
+                if none_missing:  # the ORM leaves None out of the INSERT: the default applies
+                    values = [_MISSING if v is None else v for v in values]
+                missing = [i for i, v in enumerate(values) if v is _MISSING]
+                holes.append((len(keys), kind, arg, missing))
+            keys.append(key)
+            names.append(name)
+            columns.append(values)
+        filled: list[tuple[int, list[int] | None]] = []
+        serial = self.serial_key
+        if serial is not None and any(map(operator.contains, dicts, itertools.repeat(serial))):
+            values = _values(dicts, serial)
+            kinds = set(map(type, values))
+            given = kinds - {_NONE_TYPE, _Missing}
+            if given:
+                if given != kinds or any(_clause_type(k) for k in given - _PLAIN):
+                    return None  # some keys given, some not: the unit of work sorts that out
+                keys.append(serial)
+                names.append(self.info.columns[serial].key)
+                columns.append(values)
+        context = _RowContext(names, columns)
+        for position, kind, arg, missing in holes:
+            values = columns[position]
+            if kind == _NULL:  # NULL, and the attribute stays unloaded, as after a flush
+                for i in missing:
+                    values[i] = None
+                continue
+            if kind == _CONSTANT:
+                for i in missing:
+                    values[i] = arg
+            else:  # computed per row, as the ORM does; a context-aware default sees the row
+                for i in missing:
+                    context.index = i
+                    values[i] = arg(context)
+            filled.append((position, missing))
         if self.version_key is not None:
-            row[self.version_key] = self.version_fn(None)
-        return row
-
-    def rows(self, objects: Sequence[Any]) -> list[dict[str, Any]] | None:
-        """The rows of a chunk; ``None`` when any instance needs the unit of work (the whole
-        chunk then goes through it, so rows keep their input order)."""
-        out = []
-        for obj in objects:
-            row = self.row(obj)
-            if row is None:
-                return None
-            out.append(row)
-        return out
-
-
-#: value types that are never SQL expressions (skips the check for the common case)
-_PLAIN: frozenset[type] = frozenset(
-    {str, int, float, bool, bytes, Decimal, uuid.UUID, dt.datetime, dt.date, dt.time, dict, list}
-)
-
-
-def _is_clause(value: Any) -> bool:
-    if type(value) in _PLAIN:
-        return False
-    return isinstance(value, ClauseElement) or hasattr(value, "__clause_element__")
+            fn = self.version_fn
+            filled.append((len(keys), None))
+            keys.append(self.version_key)
+            columns.append([fn(None) for _ in range(len(dicts))])
+        return _InstanceBatch(states, dicts, keys, columns, filled)
 
 
 def _instance_plan(session: Session, info: ModelInfo[Any]) -> _InstancePlan | None:
     """The row path for instances of *info*'s class, or ``None`` when the class needs the unit
     of work: not a single-table mapping, ``before_insert``/``after_insert`` mapper listeners,
-    flush listeners on the session, or a version counter the server sets."""
+    flush or attach listeners on the session, a version counter the server sets, or a session
+    that picks a connection per object (horizontal sharding)."""
     mapper = info.mapper
     table = info.table
     if table is None or mapper.inherits is not None or mapper.polymorphic_on is not None:
         return None
     if mapper.dispatch.before_insert or mapper.dispatch.after_insert:
         return None
-    if any(getattr(session.dispatch, name) for name in _FLUSH_EVENTS):
+    if any(getattr(session.dispatch, name) for name in _SESSION_EVENTS):
         return None
     if info.version_key is not None and not callable(mapper.version_id_generator):
+        return None
+    if getattr(session, "connection_callable", None) is not None:
         return None
     return _InstancePlan(info, table)
 
@@ -683,27 +1084,159 @@ def _insert_instances(
     session: Session,
     conn: Connection,
     info: ModelInfo[Any],
-    instances: Sequence[Any],
-    rows: list[dict[str, Any]],
+    plan: _InstancePlan,
+    batch: _InstanceBatch,
     method: Any,
 ) -> list[Any]:
-    """Write the rows of *instances* as dict rows are written (COPY, unnest or executemany),
-    then make the instances persistent: values and keys set, nothing pending, in the identity
-    map (``make_transient_to_detached`` + ``add``).  Returns the keys, in input order."""
-    keys: list[Any] = []
-    for group_keys, group in _groups(rows):
-        created = _insert_rows(session, conn, info, group_keys, group, "keys", method)
-        keys.extend(cast(list[Any], created))
-    pk_keys = info.pk_keys
-    single = len(pk_keys) == 1
-    for obj, row, key in zip(instances, rows, keys, strict=True):
-        data = attributes.instance_state(obj).dict
-        data.update(row)
-        if single and data.get(pk_keys[0]) is None:
-            data[pk_keys[0]] = key  # generated by the database
-        make_transient_to_detached(obj)
-    session.add_all(instances)
+    """Write the rows of a batch as dict rows are written (COPY, unnest or executemany), then
+    make the instances persistent.  Returns the keys, in input order."""
+    group = _Group(batch.keys, batch.size, columns=batch.columns)
+    group.checked = True  # Run.instances checked every column of the batch
+    keys = cast(list[Any], _insert_group(session, conn, info, group, "keys", method))
+    _persist(session, plan, batch, keys)
     return keys
+
+
+def _persist(session: Session, plan: _InstancePlan, batch: _InstanceBatch, keys: list[Any]) -> None:
+    """Make just-inserted instances persistent, as a flush does for the objects it inserted
+    (``Session._register_persistent``), in bulk: the values computed for them (defaults,
+    version, the key the database gave) set in their ``__dict__``, identity key set, attribute
+    history committed (nothing pending or dirty), in the identity map, attached to the session,
+    and recorded as new in the session's transaction, so that a rollback expunges them and makes
+    them transient again (their keys removed), as it does for flushed objects.  Column
+    properties that are SQL expressions are expired and ``refresh_flush`` listeners get the
+    attributes that were filled in, as after a flush."""
+    dicts, states, columns = batch.dicts, batch.states, batch.columns
+    for position, rows in batch.filled:
+        key, values = batch.keys[position], columns[position]
+        if rows is None:
+            _consume(map(operator.setitem, dicts, itertools.repeat(key), values))
+        else:
+            for i in rows:
+                dicts[i][key] = values[i]
+    serial = plan.serial_key
+    if serial is not None and serial not in batch.keys:
+        _consume(map(operator.setitem, dicts, itertools.repeat(serial), keys))
+    identity_map = session.identity_map
+    store = getattr(identity_map, "_dict", None)
+    transaction = getattr(session, "_transaction", None)
+    if not _FAST_PERSIST or not isinstance(store, dict) or transaction is None:
+        _persist_public(session, batch)
+        return
+    with _gc_paused():
+        _register(session, plan, batch, keys, store, transaction)
+    if plan.readonly:
+        for state, data in zip(states, dicts, strict=True):
+            state._expire_attributes(data, plan.readonly)
+    if plan.refresh_flush:
+        _refresh_flush(plan, batch)
+
+
+def _register(
+    session: Session,
+    plan: _InstancePlan,
+    batch: _InstanceBatch,
+    keys: list[Any],
+    store: dict[Any, InstanceState[Any]],
+    transaction: Any,
+) -> None:
+    """The bookkeeping of :func:`_persist`: identity keys, committed history, identity map,
+    session, transaction."""
+    states, identity_map = batch.states, session.identity_map
+    cls = plan.identity_class
+    if len(plan.info.pk_keys) == 1:
+        idents = [(cls, (key,), None) for key in keys]
+    else:
+        idents = [(cls, tuple(key), None) for key in keys]
+    _commit_all(states, batch.dicts)  # first: unmodified states need no bookkeeping in the map
+    repeat = itertools.repeat
+    _consume(map(setattr, states, repeat("key"), idents))
+    _consume(map(setattr, states, repeat("session_id"), repeat(session.hash_key)))
+    if store.keys().isdisjoint(idents):  # IdentityMap._add_unpresent, for all of them
+        store.update(zip(idents, states, strict=True))
+        _consume(map(setattr, states, repeat("_instance_dict"), repeat(identity_map._wr)))
+    else:  # a stale object of a row deleted meanwhile has one of the keys
+        for state in states:
+            identity_map.replace(state)
+    new = transaction._new
+    data, remove = getattr(new, "data", None), getattr(new, "_remove", None)
+    if isinstance(data, dict) and callable(remove):  # WeakKeyDictionary.update, inlined
+        data.update(zip(map(weakref.ref, states, repeat(remove)), repeat(True), strict=False))
+    else:
+        new.update(dict.fromkeys(states, True))
+
+
+def _consume(iterator: Iterator[Any]) -> None:
+    """Run *iterator* to its end (a ``map`` of setters), keeping nothing."""
+    deque(iterator, maxlen=0)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector around bookkeeping that allocates a few objects per
+    row and frees none (identity keys, weak references): collections triggered in the middle
+    of it would only traverse the new, live objects again and again, and the extra young
+    collections bring full ones forward.  Nothing in it creates garbage or runs user code.
+    The collector is resumed only if it was running (and it can run again at once)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _commit_all(states: list[InstanceState[Any]], dicts: list[dict[str, Any]]) -> None:
+    """``InstanceState._commit_all_states`` for transient states that are in no identity map
+    yet, without reading each state's ``__dict__`` or adding entries to it (either costs an
+    object per row for the garbage collector to count).  The one entry that
+    method looks for there, ``_pending_mutations``, belongs to collections changed while
+    unloaded, which a transient instance whose relationships are untouched does not have."""
+    _consume(map(dict.clear, map(_COMMITTED, states)))  # committed history: none
+    if any(map(_EXPIRED_ATTRIBUTES, states)):
+        for state, data in zip(states, dicts, strict=True):
+            state.expired_attributes.difference_update(data)
+    _consume(map(setattr, states, itertools.repeat("modified"), itertools.repeat(False)))
+    if any(map(_EXPIRED, states)) or any(map(_STRONG, states)):
+        for state in states:
+            state.expired = False
+            state._strong_obj = None
+
+
+_COMMITTED, _EXPIRED_ATTRIBUTES = attrgetter("committed_state"), attrgetter("expired_attributes")
+_EXPIRED, _STRONG = attrgetter("expired"), attrgetter("_strong_obj")
+
+
+def _refresh_flush(plan: _InstancePlan, batch: _InstanceBatch) -> None:
+    """``refresh_flush`` for the attributes filled in on each instance (the flush context is
+    ``None``: no unit of work ran)."""
+    filled = [
+        (batch.keys[position], None if rows is None else set(rows))
+        for position, rows in batch.filled
+    ]
+    for i, state in enumerate(batch.states):
+        names = [key for key, rows in filled if rows is None or i in rows]
+        if names:
+            plan.refresh_flush(state, None, names)
+
+
+def _persist_public(session: Session, batch: _InstanceBatch) -> None:
+    """The same through public API only (``make_transient_to_detached`` + ``add``), for a
+    SQLAlchemy whose internals differ: the instances are persistent, but a rollback leaves them
+    in the session (expired) instead of making them transient again."""
+    objects = [state.obj() for state in batch.states]
+    for obj in objects:
+        make_transient_to_detached(obj)
+    session.add_all(objects)
+
+
+#: the SQLAlchemy internals ``_persist`` relies on are there (``_commit_all`` mirrors
+#: ``_commit_all_states``)
+_FAST_PERSIST = hasattr(InstanceState, "_commit_all_states") and hasattr(
+    InstanceState, "_expire_attributes"
+)
 
 
 def _insert_objects(
@@ -745,12 +1278,20 @@ def _sqlite_serial(
     return key
 
 
-def _insert_rows(
+def _copy_usable(conn: Connection, shape: _Shape) -> bool:
+    """Can COPY write this shape of rows (values computable here, types COPY can send)?"""
+    return (
+        shape.computable
+        and conn.dialect.driver in _COPY_DRIVERS
+        and all(_copy_ok(c) for c in shape.all_columns)
+    )
+
+
+def _insert_group(
     session: Session,
     conn: Connection,
     info: ModelInfo[Any],
-    keys: Sequence[str],
-    rows: list[dict[str, Any]],
+    group: _Group,
     returning: Any,
     method: Any,
 ) -> list[Any] | int:
@@ -758,31 +1299,28 @@ def _insert_rows(
     table = info.table
     want_keys = returning == "keys"
     if dialect.name == "postgresql" and table is not None:
-        shape = _Shape(info, table, keys)
-        usable = shape.computable and (not want_keys or shape.keys_known or shape.prefetchable)
+        shape = _Shape(info, table, group.keys)
         if method in ("auto", "copy"):
-            if (
-                usable
-                and dialect.driver in _COPY_DRIVERS
-                and all(_copy_ok(c) for c in shape.all_columns)
+            if (not want_keys or shape.keys_known or shape.prefetchable) and _copy_usable(
+                conn, shape
             ):
-                return _copy_rows(session, conn, shape, rows, want_keys)
+                return _copy_rows(session, conn, shape, group, want_keys)
             if method == "copy":
                 raise InvalidOptionError(
                     _copy_refusal(info, shape, dialect, want_keys), option="method"
                 )
         if shape.computable and all(_array_ok(c) for c in shape.all_columns):
             if shape.keys_known or shape.prefetchable or not want_keys:
-                return _unnest_insert(session, conn, shape, rows, want_keys)
+                return _unnest_insert(session, conn, shape, group, want_keys)
             if shape.serial_key is not None and len(info.pk_keys) == 1:
-                return _unnest_insert_returning(conn, shape, rows)
+                return _unnest_insert_returning(conn, shape, group)
     elif method == "copy":
         raise InvalidOptionError(
             f"method='copy' needs PostgreSQL (psycopg or asyncpg) and a single-table model; "
             f"this is {dialect.name}+{dialect.driver}",
             option="method",
         )
-    return _core_insert(conn, info, rows, want_keys)
+    return _core_insert(conn, info, group.rows, want_keys)
 
 
 def _copy_refusal(info: ModelInfo[Any], shape: _Shape, dialect: Dialect, want_keys: bool) -> str:
@@ -802,10 +1340,13 @@ def _copy_refusal(info: ModelInfo[Any], shape: _Shape, dialect: Dialect, want_ke
 
 
 def _copy_rows(
-    session: Session, conn: Connection, shape: _Shape, rows: list[dict[str, Any]], want_keys: bool
+    session: Session, conn: Connection, shape: _Shape, group: _Group, want_keys: bool
 ) -> list[Any] | int:
-    targets, columns, keys = shape.with_keys(session, conn, shape.column_values(rows), want_keys)
-    records = zip(*_processed(conn.dialect, targets, columns), strict=True)
+    targets, columns, keys = shape.with_keys(
+        session, conn, shape.column_values(group), group.size, want_keys
+    )
+    checked = group.columns if group.checked else ()
+    records = zip(*_processed(conn.dialect, targets, columns, checked), strict=True)
     count = _copy(conn, shape.table, targets, records)
     return keys if want_keys else count
 
@@ -816,19 +1357,19 @@ def _unnest_source(targets: Sequence[Column[Any]], columns: list[list[Any]]) -> 
 
 
 def _unnest_insert(
-    session: Session, conn: Connection, shape: _Shape, rows: list[dict[str, Any]], want_keys: bool
+    session: Session, conn: Connection, shape: _Shape, group: _Group, want_keys: bool
 ) -> list[Any] | int:
-    targets, columns, keys = shape.with_keys(session, conn, shape.column_values(rows), want_keys)
+    targets, columns, keys = shape.with_keys(
+        session, conn, shape.column_values(group), group.size, want_keys
+    )
     stmt = insert(shape.table).from_select(targets, _unnest_source(targets, columns))
     result = conn.execute(stmt, execution_options=_ROWCOUNT)
-    return keys if want_keys else _count(result, len(rows))
+    return keys if want_keys else _count(result, group.size)
 
 
-def _unnest_insert_returning(
-    conn: Connection, shape: _Shape, rows: list[dict[str, Any]]
-) -> list[Any]:
+def _unnest_insert_returning(conn: Connection, shape: _Shape, group: _Group) -> list[Any]:
     targets = list(shape.all_columns)
-    source = _unnest_source(targets, shape.column_values(rows))
+    source = _unnest_source(targets, shape.column_values(group))
     pk = shape.info.columns[shape.info.pk_keys[0]]
     stmt = insert(shape.table).from_select(targets, source).returning(pk)
     # rows are inserted in input order (ORDER BY ordinality), so the sequence hands out
@@ -1475,7 +2016,7 @@ def _upsert_group(
         shape = _Shape(info, table, keys)
         if shape.computable and all(_array_ok(c) for c in shape.all_columns):
             targets = list(shape.all_columns)
-            source = _unnest_source(targets, shape.column_values(rows))
+            source = _unnest_source(targets, shape.column_values(_Group(keys, len(rows), rows)))
             base = insert_fn(table).from_select(targets, source)
             stmt = _upsert_statement(conn, info, target, update_keys, base, keys)
             try:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -210,18 +210,115 @@ def _checker(type_: sqltypes.TypeEngine[Any]) -> _Check | None:
     return None
 
 
+# --------------------------------------------------------------------------- whole columns
+# A column check answers "do all these values pass?" in a few C-level passes (types, min/max,
+# one joined string).  ``False`` means "not sure": the per-value check then runs and reports the
+# first bad value with its row.
+
+_ColumnCheck = Callable[[Sequence[Any]], bool]
+_NONE = type(None)
+
+
+def _present(values: Sequence[Any], types: set[type], allowed: frozenset[type]) -> Any:
+    """The non-``None`` values when every value's type is in *allowed* (or ``None``)."""
+    if not types <= allowed:
+        return None
+    return [v for v in values if v is not None] if _NONE in types else values
+
+
+def _int_column(bits: int) -> _ColumnCheck:
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    allowed: frozenset[type] = frozenset({int, _NONE})
+
+    def check(values: Sequence[Any]) -> bool:
+        ints = _present(values, set(map(type, values)), allowed)
+        return ints is not None and (not ints or (low <= min(ints) and max(ints) <= high))
+
+    return check
+
+
+def _str_column(length: int | None) -> _ColumnCheck:
+    allowed: frozenset[type] = frozenset({str, _NONE})
+
+    def check(values: Sequence[Any]) -> bool:
+        joined = None
+        if length is not None and length * len(values) <= _JOIN_LIMIT:
+            try:  # the common case, in one pass: only strings (any str type) join
+                joined = "".join(values)
+            except TypeError:  # None among them (allowed), or a value of another type
+                joined = None
+        strs = values if joined is not None else _present(values, set(map(type, values)), allowed)
+        if strs is None:
+            return False
+        if not strs:
+            return True
+        longest = max(map(len, strs))
+        if length is not None and longest > length:
+            return False
+        if joined is None:
+            if longest * len(strs) > _JOIN_LIMIT and sum(map(len, strs)) > _JOIN_LIMIT:
+                return False  # long texts: checked one by one, not copied into one string
+            joined = "".join(strs)
+        if "\x00" in joined:
+            return False
+        if not joined.isascii():
+            try:
+                joined.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        return True
+
+    return check
+
+
+#: the most characters a column check joins into one string
+_JOIN_LIMIT = 1 << 22
+
+
+def _types_column(*types: type) -> _ColumnCheck:
+    allowed: frozenset[type] = frozenset({*types, _NONE})
+
+    def check(values: Sequence[Any]) -> bool:
+        return set(map(type, values)) <= allowed
+
+    return check
+
+
+def _column_checker(type_: sqltypes.TypeEngine[Any]) -> _ColumnCheck | None:
+    """The whole-column form of :func:`_checker` (``None``: values are checked one by one)."""
+    if isinstance(type_, (sqltypes.TypeDecorator, sqltypes.Enum)):
+        return None
+    if isinstance(type_, sqltypes.String):
+        return _str_column(type_.length)
+    if isinstance(type_, sqltypes.Boolean):
+        return _types_column(bool)
+    if isinstance(type_, sqltypes.BigInteger):
+        return _int_column(64)
+    if isinstance(type_, sqltypes.SmallInteger):
+        return _int_column(16)
+    if isinstance(type_, sqltypes.Integer):
+        return _int_column(32)
+    if isinstance(type_, sqltypes.Float):
+        return _types_column(float, int)
+    return None
+
+
 class ModelValidator:
     """The checks of one mapped class (attribute key -> check), built once."""
 
-    __slots__ = ("checks", "name")
+    __slots__ = ("checks", "column_checks", "name")
 
     def __init__(self, info: ModelInfo[Any]) -> None:
         self.name = info.name
         self.checks: dict[str, _Check] = {}
+        self.column_checks: dict[str, _ColumnCheck] = {}
         for key, column in info.columns.items():
             check = _checker(column.type)
             if check is not None:
                 self.checks[key] = check
+                column_check = _column_checker(column.type)
+                if column_check is not None:
+                    self.column_checks[key] = column_check
 
     def _error(self, key: str, refused: _Refused, row: int | None) -> ColumnValueError:
         where = f" (row {row})" if row is not None else ""
@@ -239,15 +336,16 @@ class ModelValidator:
         except _Refused as refused:
             raise self._error(key, refused, None) from None
 
-    def check_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Check many rows in one pass; the error names the row's position as well."""
+    def check_rows(self, rows: Iterable[Mapping[str, Any]], first: int = 0) -> None:
+        """Check many rows in one pass; the error names the row's position as well (*first*:
+        the first row's)."""
         checks = self.checks
         if not checks:
             return
         get = checks.get
         position, key = 0, ""
         try:
-            for position, row in enumerate(rows):  # noqa: B007 - read in the handler
+            for position, row in enumerate(rows, first):  # noqa: B007 - read in the handler
                 for key, value in row.items():
                     check = get(key)
                     if check is not None:
@@ -255,12 +353,33 @@ class ModelValidator:
         except _Refused as refused:
             raise self._error(key, refused, position) from None
 
+    def check_columns(
+        self, keys: Sequence[str], columns: Sequence[Sequence[Any]], first: int = 0
+    ) -> None:
+        """Check column-major values (``columns[i]`` holds the values of ``keys[i]``, one per
+        row): the rules of :meth:`check_rows`, a whole column at a time where the values allow
+        it; the error names the row's position as well (*first*: the first row's)."""
+        checks = self.checks
+        for key, values in zip(keys, columns, strict=True):
+            check = checks.get(key)
+            if check is None:
+                continue
+            column_check = self.column_checks.get(key)
+            if column_check is not None and column_check(values):
+                continue
+            position = first
+            try:
+                for position, value in enumerate(values, first):  # noqa: B007 - in the handler
+                    check(value)
+            except _Refused as refused:
+                raise self._error(key, refused, position) from None
+
     def check_object(self, obj: Any) -> None:
         """Check the column values held by a model instance (those it has loaded or been given)."""
         self.check_row(instance_state(obj).dict)
 
-    def check_objects(self, objects: Iterable[Any]) -> None:
-        self.check_rows(instance_state(obj).dict for obj in objects)
+    def check_objects(self, objects: Iterable[Any], first: int = 0) -> None:
+        self.check_rows((instance_state(obj).dict for obj in objects), first)
 
 
 _validators: dict[Mapper[Any], ModelValidator] = {}
