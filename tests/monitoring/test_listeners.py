@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import sqlalchemy
+from packaging.version import Version
 from sqlalchemy import event, text
 
 from repom.exceptions import ConfigurationError, ConnectionLost, StatementTimeout
@@ -278,7 +280,11 @@ async def test_figures_are_exact_under_concurrency(flavour: Flavour, pg_url: str
     assert [status[k] - before[k] for k in ("checkouts", "statements", "commits")] == [total] * 3
     assert (status["checked_out"], status["waiting"], status["timeouts"]) == (0, 0, 0)
     assert monitor.tracker is not None and monitor.tracker.active == {}
-    assert status["connects"] <= 3
+    assert status["connects"] - status["closes"] <= 3  # never more open than the pool holds
+    # before 2.0.55, SQLAlchemy returns a closed async connection to the pool from another task,
+    # so a worker may find the pool empty and open (then close) an overflow connection again
+    if not flavour.is_async or Version(sqlalchemy.__version__) >= Version("2.0.55"):
+        assert status["connects"] <= 3
 
 
 async def test_dispose_keeps_the_monitor_working(flavour: Flavour, sqlite_url: str) -> None:

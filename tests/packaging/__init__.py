@@ -1,0 +1,1 @@
+"""How repom installs: declared bounds, locks, a bare install, resolution beside old releases."""
