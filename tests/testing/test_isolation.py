@@ -3,6 +3,7 @@ what is refused.  One body per scenario, run for both flavours on SQLite and Pos
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -110,6 +111,41 @@ async def test_a_test_costs_its_own_statements_only(db_url: str, flavour: str) -
         assert committed_rows(isolated) == 0
 
 
+async def test_one_connection_serves_test_after_test(db_url: str, flavour: str) -> None:
+    async with started(db_url, flavour) as isolated:
+        checkouts: list[int] = []
+        event.listen(sync_engine(isolated), "checkout", lambda *args: checkouts.append(1))
+        for n in range(3):
+            async with enter(isolated.isolated_session()) as session:
+                session.add(Note(body=f"test {n}"))
+                await maybe_await(session.commit())
+                assert await maybe_await(session.scalar(select(func.count(Note.id)))) == 1
+        assert len(checkouts) == 1  # no pool checkout per test
+        # what a test does to its Connection (execution options, event listeners) ends with it
+        heard: list[str] = []
+        async with enter(isolated.isolated_session()) as session:
+            conn = await maybe_await(session.connection())
+            await maybe_await(conn.execution_options(rt6_marker=True))
+            sync_conn = getattr(conn, "sync_connection", conn)
+            event.listen(sync_conn, "before_cursor_execute", lambda *args: heard.append(args[2]))
+            await maybe_await(session.execute(select(Note.id)))
+        assert len(heard) == 1
+        async with enter(isolated.isolated_session()) as session:
+            conn = await maybe_await(session.connection())
+            options = getattr(conn, "sync_connection", conn).get_execution_options()
+            assert "rt6_marker" not in options
+            await maybe_await(session.execute(select(Note.id)))
+        assert len(heard) == 1 and len(checkouts) == 1
+        # a test inside a test (nested use of one IsolatedDatabase) gets a connection of its own
+        async with enter(isolated.isolated_session()) as outer:
+            outer.add(Note(body="outer"))
+            await maybe_await(outer.flush())
+            async with enter(isolated.isolated_session()) as inner:
+                assert inner.bind is not outer.bind
+                assert await maybe_await(inner.scalar(select(func.count(Note.id)))) == 0
+        assert committed_rows(isolated) == 0
+
+
 async def test_defaults_are_bound_guarded_and_restored(db_url: str, flavour: str) -> None:
     sync_before = Database("sqlite://")
     async_before = AsyncDatabase("sqlite+aiosqlite://")
@@ -184,6 +220,41 @@ async def test_committing_the_outer_transaction_is_refused(db_url: str, flavour:
         assert committed_rows(isolated) == 0
         async with enter(isolated.isolated_session()) as session:  # a clean connection again
             assert await maybe_await(session.scalar(select(func.count(Note.id)))) == 0
+
+
+async def test_a_refused_commit_frees_the_sqlite_write_lock_at_teardown(
+    sqlite_url: str, flavour: str
+) -> None:
+    """The refused commit leaves the database transaction open; the connection is discarded at
+    teardown.  SQLite defers closing a connection whose statements are still referenced, so
+    the write lock would outlive the test (until garbage collection) unless it is rolled back
+    first: another connection must be able to write at once."""
+    kept: list[Any] = []
+
+    def write_and_commit(session: Any) -> None:
+        conn = session.connection()
+        cursor = conn.connection.dbapi_connection.cursor()
+        cursor.executemany("INSERT INTO rt6_iso_note (body) VALUES (?)", [("a",), ("b",)])
+        cursor.execute("SELECT body FROM rt6_iso_note")
+        cursor.fetchone()  # a statement in progress, still referenced (a traceback may keep one)
+        kept.append(cursor)
+        with pytest.raises(IllegalTransactionStateError, match="outer transaction cannot"):
+            conn.commit()
+
+    async with started(sqlite_url, flavour) as isolated:
+        async with enter(isolated.isolated_session()) as session:
+            if flavour == "async":
+                await session.run_sync(write_and_commit)
+            else:
+                write_and_commit(session)
+        probe = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=0)
+        try:
+            probe.execute("BEGIN IMMEDIATE")  # "database is locked" while the lock lives on
+            probe.rollback()
+        finally:
+            probe.close()
+        assert committed_rows(isolated) == 0
+    kept.clear()
 
 
 async def test_capture_on_commit_callbacks(sqlite_url: str, flavour: str) -> None:

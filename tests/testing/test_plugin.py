@@ -210,3 +210,57 @@ def test_schema_from_repom_migrations(pytester: pytest.Pytester, db_url: str) ->
         args += ["--repom-schema", unique_schema("rt6_alembic")]
     result = pytester.runpytest(*args)
     result.assert_outcomes(passed=3)
+
+
+COST_CONFTEST = """
+from models import Base
+from repom.testing import create_test_fixtures
+
+mine_engine, mine = create_test_fixtures(
+    metadata=Base.metadata, engine_fixture="mine_engine", session_fixture="mine"
+)
+"""
+
+COST_TESTS = """
+import os
+
+from sqlalchemy import select
+
+from models import Item
+
+PLUGIN = os.environ["RT6_PLUGIN"] == "on"
+
+
+def arguments(request, name):
+    return request._fixturemanager.getfixturedefs(name, request.node)[-1].argnames
+
+
+def test_fixture_arguments(request, mine):
+    # pytest builds a fixture definition for "request" each time a fixture in the chain asks for
+    # it, session-scoped ones included: with the plugin, the chain asks for nothing else
+    assert arguments(request, "mine") == ("mine_engine",)
+    assert arguments(request, "mine_engine") == (() if PLUGIN else ("request",))
+    if PLUGIN:
+        assert arguments(request, "db_test") == ("db_engine",)
+        assert arguments(request, "db_engine") == ()
+    mine.add(Item(name="x"))
+    mine.commit()
+
+
+def test_still_isolated(mine):
+    assert mine.scalars(select(Item)).all() == []
+    assert mine.get_bind().engine.url.database.endswith("mine_engine.sqlite3")
+"""
+
+
+@pytest.mark.parametrize("plugin", ["on", "off"])
+def test_fixtures_take_no_request_while_the_plugin_is_active(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, plugin: str
+) -> None:
+    """The fixture factories work with and without the plugin (``-p no:repom``); with it, their
+    fixtures ask pytest for nothing but the engine, so a test pays for no ``request``."""
+    monkeypatch.setenv("RT6_PLUGIN", plugin)
+    pytester.makeini(INI)
+    pytester.makepyfile(models=MODELS, conftest=COST_CONFTEST, test_cost=COST_TESTS)
+    args = ["-q", "-p", "no:randomly"] + (["-p", "no:repom"] if plugin == "off" else [])
+    pytester.runpytest_subprocess(*args).assert_outcomes(passed=2)

@@ -23,8 +23,11 @@ import importlib
 import inspect
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
+from weakref import WeakKeyDictionary
 
 import pytest
 
@@ -140,9 +143,12 @@ def _discover_metadata() -> MetaData | None:
     return next(iter(found.values()), None)
 
 
-def _default_sqlite_url(request: pytest.FixtureRequest, name: str) -> str:
-    factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
-    directory = factory.getbasetemp() / "repom"  # per session, per xdist worker
+def _default_sqlite_url(config: pytest.Config, name: str) -> str:
+    # the session's temporary directory (per xdist worker), as the tmp_path_factory fixture has it
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is None:  # pytest's tmpdir plugin is disabled
+        factory = pytest.TempPathFactory.from_config(config, _ispytest=True)
+    directory = factory.getbasetemp() / "repom"
     directory.mkdir(exist_ok=True)
     return f"sqlite:///{directory / (name + '.sqlite3')}"
 
@@ -183,7 +189,20 @@ def resolve_settings(
       pytest-xdist the worker id is appended (``repom_test_gw0`` by default), and a SQLite file
       gets one per worker the same way.
     """
-    config = request.config
+    return _settings(
+        request.config, name=name, db_url=db_url, metadata=metadata, alembic=alembic, schema=schema
+    )
+
+
+def _settings(
+    config: pytest.Config,
+    *,
+    name: str,
+    db_url: str | Callable[[], str] | None,
+    metadata: Any,
+    alembic: Any,
+    schema: str | None,
+) -> dict[str, Any]:
     worker = _worker_id(config)
     if callable(db_url):
         db_url = db_url()  # resolved now: it may start a server, or skip the tests
@@ -194,7 +213,7 @@ def resolve_settings(
         or _option(config, "repom_db_url")
     )
     if url is None:
-        url = _default_sqlite_url(request, name)
+        url = _default_sqlite_url(config, name)
     elif worker is not None and str(url).startswith("sqlite"):
         url = _per_worker_sqlite(str(url), worker)
     schema = schema or _option(config, "repom_schema")
@@ -222,13 +241,75 @@ def resolve_settings(
 # --------------------------------------------------------------------------- factories
 
 
-def _session_signature(engine_fixture: str) -> inspect.Signature:
-    """``(request, <engine fixture>)``: pytest reads a fixture's dependencies from its
-    signature, and the engine fixture's name is chosen by the caller."""
+# pytest builds a new fixture definition each time a fixture asks for ``request``, and a
+# session-scoped fixture's arguments are looked up again for every test that uses it: an engine
+# fixture taking ``request`` would cost each test more than the isolation itself.  So while
+# repom's plugin is active, the fixtures take no ``request``: the plugin keeps the running
+# pytest configuration here, and marks the loading of conftest files (where the factories are
+# called) so that a factory knows it may rely on that.
+
+_CONFIGS: list[pytest.Config] = []
+_PLUGIN_LOADING: ContextVar[bool] = ContextVar("repom_plugin_loading", default=False)
+
+
+def plugin_configured(config: pytest.Config) -> None:
+    """``pytest_configure`` of repom's plugin: *config* is the running configuration."""
+    _CONFIGS.append(config)
+
+
+def plugin_unconfigured(config: pytest.Config) -> None:
+    for index in range(len(_CONFIGS) - 1, -1, -1):
+        if _CONFIGS[index] is config:
+            del _CONFIGS[index]
+            break
+
+
+@contextmanager
+def plugin_loading() -> Iterator[None]:
+    """Around conftest loading and collection, by repom's plugin: factories called meanwhile
+    belong to a pytest run where the plugin is active."""
+    token = _PLUGIN_LOADING.set(True)
+    try:
+        yield
+    finally:
+        _PLUGIN_LOADING.reset(token)
+
+
+def _running_config(request: pytest.FixtureRequest | None) -> pytest.Config:
+    if request is not None:
+        return request.config
+    if not _CONFIGS:  # pragma: no cover - the request-free fixtures exist only with the plugin
+        from repom.exceptions import ConfigurationError
+
+        raise ConfigurationError("repom's test fixtures need repom's pytest plugin to be active")
+    return _CONFIGS[-1]
+
+
+def _signature(*names: str) -> inspect.Signature:
+    """pytest reads a fixture's dependencies from its signature (the engine fixture's name is
+    chosen by the caller)."""
     kind = inspect.Parameter.KEYWORD_ONLY
-    return inspect.Signature(
-        [inspect.Parameter("request", kind), inspect.Parameter(engine_fixture, kind)]
-    )
+    return inspect.Signature([inspect.Parameter(name, kind) for name in names])
+
+
+#: the started test database behind each engine an engine fixture yields (read by the session
+#: fixture of the same pair, which gets the engine as its argument)
+_DATABASES: WeakKeyDictionary[Any, Any] = WeakKeyDictionary()
+
+
+def _database_of(engines: dict[str, Any]) -> Any:
+    ((name, engine),) = engines.items()
+    database = _DATABASES.get(engine)
+    if database is None:
+        from repom.exceptions import ConfigurationError
+
+        raise ConfigurationError(
+            f"the {name!r} fixture did not come from repom's fixture factory, so the session "
+            "fixture made with it has no test database: override both fixtures of the pair, "
+            "or neither",
+            variable=name,
+        )
+    return database
 
 
 def _fixture_pair(
@@ -242,13 +323,13 @@ def _fixture_pair(
     session_fixture: str,
 ) -> tuple[Any, Any]:
     """The engine and session fixtures of one flavour; only the awaits differ."""
-    key: pytest.StashKey[Any] = pytest.StashKey()
+    request_free = _PLUGIN_LOADING.get()
 
-    def build(request: pytest.FixtureRequest) -> Any:  # IsolatedDatabase | AsyncIsolatedDatabase
+    def build(request: pytest.FixtureRequest | None) -> Any:
         from repom.testing.isolation import AsyncIsolatedDatabase, IsolatedDatabase
 
-        settings = resolve_settings(
-            request,
+        settings = _settings(
+            _running_config(request),
             name=engine_fixture,
             db_url=db_url,
             metadata=metadata,
@@ -263,20 +344,20 @@ def _fixture_pair(
     if is_async:
         import pytest_asyncio
 
-        async def engine(request: pytest.FixtureRequest) -> AsyncIterator[AsyncEngine]:
+        async def engine(
+            request: pytest.FixtureRequest | None = None,
+        ) -> AsyncIterator[AsyncEngine]:
             database = build(request)
             started = await database.start()
-            request.config.stash[key] = database
+            _DATABASES[started] = database
             try:
                 yield started
             finally:
-                del request.config.stash[key]
+                _DATABASES.pop(started, None)
                 await database.stop()
 
-        async def session(
-            request: pytest.FixtureRequest, **_engine: Any
-        ) -> AsyncIterator[AsyncSession]:
-            async with request.config.stash[key].isolated_session() as test_session:
+        async def session(**engines: Any) -> AsyncIterator[AsyncSession]:
+            async with _database_of(engines).isolated_session() as test_session:
                 yield test_session
 
         engine_decorator = pytest_asyncio.fixture(
@@ -285,24 +366,25 @@ def _fixture_pair(
         session_decorator = pytest_asyncio.fixture(loop_scope="session", name=session_fixture)
     else:
 
-        def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+        def engine(request: pytest.FixtureRequest | None = None) -> Iterator[Engine]:
             database = build(request)
             started = database.start()
-            request.config.stash[key] = database
+            _DATABASES[started] = database
             try:
                 yield started
             finally:
-                del request.config.stash[key]
+                _DATABASES.pop(started, None)
                 database.stop()
 
-        def session(request: pytest.FixtureRequest, **_engine: Any) -> Iterator[Session]:
-            with request.config.stash[key].isolated_session() as test_session:
+        def session(**engines: Any) -> Iterator[Session]:
+            with _database_of(engines).isolated_session() as test_session:
                 yield test_session
 
         engine_decorator = pytest.fixture(scope="session", name=engine_fixture)
         session_decorator = pytest.fixture(name=session_fixture)
 
-    cast(Any, session).__signature__ = _session_signature(engine_fixture)
+    cast(Any, engine).__signature__ = _signature() if request_free else _signature("request")
+    cast(Any, session).__signature__ = _signature(engine_fixture)
     engine.__name__, session.__name__ = engine_fixture, session_fixture
     setattr(engine, FIXTURE_ROLE, ("engine", is_async, engine_fixture))
     setattr(session, FIXTURE_ROLE, ("session", is_async, engine_fixture))

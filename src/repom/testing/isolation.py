@@ -4,7 +4,10 @@
 ``start()`` creates the schema (``metadata.create_all`` or ``alembic upgrade head``), and
 ``isolated_session()`` opens what one test needs:
 
-* a connection with an outer transaction that is always rolled back at the end;
+* a connection with an outer transaction that is always rolled back at the end.  Its DBAPI
+  connection stays checked out from test to test (no pool checkout per test), but each test gets
+  a new ``Connection`` around it, so that what a test does to its ``Connection`` (execution
+  options, event listeners) ends with the test;
 * a session joined to it with ``join_transaction_mode="create_savepoint"``, so ``commit()``,
   ``rollback()`` and ``begin_nested()`` in the test only ever touch savepoints;
 * repom's default database of the same flavour (and any ``databases=`` you pass) bound to that
@@ -12,9 +15,12 @@
   ``transaction()``/``@transactional``, repositories, the FastAPI dependencies) run inside the
   test's transaction too.  The default database of the *other* flavour is replaced by a guard
   that raises :class:`~repom.exceptions.ConfigurationError` instead of writing outside the test;
-* a guard on that connection: committing the outer transaction, or sending ``COMMIT``,
-  ``ROLLBACK``, ``BEGIN``, ... as raw SQL (:mod:`repom.testing.raw_sql`), raises
+* guards on the test engine, installed once: committing the outer transaction, or sending
+  ``COMMIT``, ``ROLLBACK``, ``BEGIN``, ... as raw SQL (:mod:`repom.testing.raw_sql`), raises
   :class:`~repom.exceptions.IsolationViolation` instead of ending the test's transaction.
+
+``start()`` also repairs a test database that the other schema mode built last (metadata vs
+Alembic, see :func:`_repair_other_mode`).
 
 Every decision (URL, engine settings, schema plan, session options, what gets bound) is made
 once by the shared base class; the two flavours differ only in the awaits.
@@ -22,14 +28,16 @@ once by the shared base class; the two flavours differ only in the awaits.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from os import PathLike
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sqlalchemy import Connection, Engine, MetaData, event
+from sqlalchemy import Connection, Engine, MetaData, event, text
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateSchema, DropSchema
 
@@ -44,7 +52,7 @@ from repom.urls import backend_name, convert_to_async_uri, convert_to_sync_uri, 
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 __all__ = [
     "AsyncIsolatedDatabase",
@@ -53,7 +61,9 @@ __all__ = [
     "check_schema_name",
 ]
 
-_OUTER = "repom_test_outer_transaction"
+logger = logging.getLogger("repom.testing")
+
+_OUTER = "repom_test_outer_transaction"  # conn.info: the running test's outer transaction
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 E = TypeVar("E")
@@ -99,12 +109,77 @@ def _prepare_schema(conn: Connection, plan: SchemaPlan) -> None:
     if plan.pg_schema:
         conn.execute(DropSchema(plan.pg_schema, cascade=True, if_exists=True))
         conn.execute(CreateSchema(plan.pg_schema))
+    elif plan.alembic is not None or plan.metadata is not None:
+        _repair_other_mode(conn, plan)
     if plan.alembic is not None:
         _alembic_upgrade(conn, plan.alembic)
     elif plan.metadata is not None:
         if not plan.pg_schema:
             plan.metadata.drop_all(conn)  # leftovers of an interrupted run
         plan.metadata.create_all(conn)
+
+
+# Alembic's version table (repom's migration templates keep Alembic's default name)
+_VERSION_TABLE = "alembic_version"
+
+# PostgreSQL: tables that belong to an extension (PostGIS's spatial_ref_sys, ...) are not ours
+_PG_EXTENSION_TABLES = text(
+    "SELECT c.relname FROM pg_class c JOIN pg_depend d ON d.classid = 'pg_class'::regclass "
+    "AND d.objid = c.oid AND d.deptype = 'e' WHERE c.relnamespace = current_schema()::regnamespace"
+)
+
+
+def _repair_other_mode(conn: Connection, plan: SchemaPlan) -> None:
+    """A test database that the *other* schema mode built last is emptied before this one builds.
+
+    With metadata, the session starts with ``drop_all`` and ends with it, which leaves Alembic's
+    ``alembic_version`` behind; with Alembic, the migrated schema stays for the next session.
+    Switching between the two would then break every test: ``upgrade head`` finds the version
+    table at head and creates nothing, or finds the tables ``create_all`` made and fails to create
+    them again.  So:
+
+    * metadata mode: an ``alembic_version`` table means Alembic built this database;
+    * Alembic mode: tables without an ``alembic_version`` table were not built by migrations,
+      and an ``alembic_version`` table alone is what a ``drop_all`` left of a migrated schema.
+
+    Either way every table of the database (of its current schema on PostgreSQL, extension
+    tables excepted) is dropped, ``alembic_version`` included, and the schema is built from
+    scratch.
+    """
+    names = _database_tables(conn)
+    if plan.alembic is None:
+        reason = (
+            f"it has an {_VERSION_TABLE} table: it was built with Alembic migrations"
+            if _VERSION_TABLE in names
+            else None
+        )
+    elif _VERSION_TABLE in names:
+        reason = (
+            None
+            if names - {_VERSION_TABLE}
+            else f"its {_VERSION_TABLE} table is all that is left of a migrated schema"
+        )
+    else:
+        reason = (
+            f"it has tables ({', '.join(sorted(names)[:5])}) but no {_VERSION_TABLE} table: "
+            "they were not built by Alembic migrations"
+            if names
+            else None
+        )
+    if reason is None:
+        return
+    mode = "Alembic migrations" if plan.alembic is not None else "metadata"
+    logger.warning("repom: emptying the test database before building it with %s: %s", mode, reason)
+    reflected = MetaData()
+    reflected.reflect(conn, only=sorted(names))
+    reflected.drop_all(conn)
+
+
+def _database_tables(conn: Connection) -> set[str]:
+    names = set(sa_inspect(conn).get_table_names())
+    if names and conn.dialect.name == "postgresql":
+        names -= set(conn.scalars(_PG_EXTENSION_TABLES))
+    return names
 
 
 def _drop_schema(conn: Connection, plan: SchemaPlan) -> None:
@@ -152,7 +227,7 @@ def _alembic_upgrade(conn: Connection, cfg: AlembicConfig) -> None:
 
 def _refuse_outer_commit(conn: Connection) -> None:
     """``commit`` event of test engines: the test's outer transaction never commits."""
-    if conn.info.get(_OUTER):
+    if conn.info.get(_OUTER) is not None:
         raise IsolationViolation(
             "the test's outer transaction cannot be committed: it is rolled back after the test "
             "(commit the session instead; with join_transaction_mode='create_savepoint' that "
@@ -180,21 +255,66 @@ def _raw_control_message(found: str) -> str:
     )
 
 
-def _guard_raw_transaction_control(conn: Connection, outer: Any) -> Callable[[], None]:
-    """Refuse raw transaction control (``COMMIT``, ``ROLLBACK``, ``BEGIN``, ... in SQL text) on the
-    test's connection while *outer* is its transaction; savepoint statements pass.  Returns the
-    undo (the listener lives on this one connection, never on the engine)."""
+def _refuse_raw_transaction_control(
+    conn: Connection, cursor: Any, statement: str, *args: Any
+) -> None:
+    """``before_cursor_execute`` event of test engines: refuse raw transaction control
+    (``COMMIT``, ``ROLLBACK``, ``BEGIN``, ... in SQL text) on a connection while a test's outer
+    transaction runs on it (:func:`_start_test` puts it in ``conn.info``); savepoint statements
+    pass, and so does everything on the engine's other connections."""
+    found = transaction_control(statement)
+    if found is None:
+        return
+    outer = conn.info.get(_OUTER)
+    if outer is None:
+        return  # no test runs on this connection (or the fixture's own BEGIN, SQLite hook)
+    if found in _STARTERS and not outer.is_active:
+        return  # the test ended the outer transaction: SQLAlchemy's own BEGIN (SQLite hook)
+    raise IsolationViolation(_raw_control_message(found))
 
-    def before_cursor_execute(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
-        found = transaction_control(statement)
-        if found is None:
-            return
-        if found in _STARTERS and not outer.is_active:
-            return  # the test ended the outer transaction: SQLAlchemy's own BEGIN (SQLite hook)
-        raise IsolationViolation(_raw_control_message(found))
 
-    event.listen(conn, "before_cursor_execute", before_cursor_execute)
-    return lambda: event.remove(conn, "before_cursor_execute", before_cursor_execute)
+def _install_guards(engine: Engine) -> None:
+    """The test's outer transaction is never committed, through the API or as raw SQL.  On the
+    engine, once: a test's connection is made anew for each test (see ``isolated_session``)."""
+    event.listen(engine, "commit", _refuse_outer_commit)
+    event.listen(engine, "before_cursor_execute", _refuse_raw_transaction_control)
+
+
+def _start_test(conn: Connection) -> Any:
+    """One test begins on *conn*: its outer transaction, marked for the guards."""
+    outer = conn.begin()
+    conn.info[_OUTER] = outer
+    return outer
+
+
+def _end_test(conn: Connection, outer: Any, session: Session) -> bool:
+    """One test ends: roll back the outer transaction and close the test's session (sync I/O).
+
+    Returns whether the DBAPI connection under *conn* can serve the next test.  It cannot when
+    the test ended or replaced the outer transaction itself (the connection is then invalidated:
+    its DBAPI connection is discarded, never pooled), or closed or invalidated it."""
+    info = conn.info
+    info.pop(_OUTER, None)
+    intact = outer.is_active
+    try:
+        if intact:  # first: the session's savepoint goes with it
+            outer.rollback()
+    finally:
+        session.close()
+    if conn.closed:
+        return False
+    if not intact:
+        if not conn.invalidated:
+            # The database transaction may still be open (a refused commit leaves it so): roll
+            # it back first, so that its locks go now.  Closing alone is not enough: SQLite
+            # defers the close of a connection whose statements are still referenced (by a
+            # traceback, say), and the write lock would outlive the test until garbage
+            # collection.
+            with suppress(Exception):  # a broken connection: it is discarded anyway
+                conn.dialect.do_rollback(conn.connection)
+            conn.invalidate()
+        return False
+    return not conn.invalidated
 
 
 def _unbound_message(flavour: str, fixture: str) -> str:
@@ -333,6 +453,11 @@ class _IsolatedBase(Generic[E, D]):
         self.guard = guard
         self._engine: E | None = None
         self._default: D | None = None
+        # the DBAPI connection (pool-proxied) kept checked out between two tests: it serves test
+        # after test without a pool checkout, wrapped in a new Connection each time (so that
+        # what a test does to its Connection -- execution options, event listeners -- ends with
+        # it); a nested isolated_session() checks out one of its own
+        self._idle: Any = None
 
     @property
     def engine(self) -> E:
@@ -403,7 +528,7 @@ class IsolatedDatabase(_IsolatedBase[Engine, Database]):
             return self._engine
         config = self._engine_config()
         engine = build_engine(self.url, config=config, **self._engine_kwargs(config))
-        event.listen(engine, "commit", _refuse_outer_commit)
+        _install_guards(engine)
         try:
             with _ddl(engine).begin() as conn:
                 _prepare_schema(conn, self.plan)
@@ -419,7 +544,10 @@ class IsolatedDatabase(_IsolatedBase[Engine, Database]):
         engine, self._engine = self._engine, None
         if engine is None:
             return
+        idle, self._idle = self._idle, None
         try:
+            if idle is not None:
+                idle.close()
             with _ddl(engine).begin() as conn:
                 _drop_schema(conn, self.plan)
         finally:
@@ -435,15 +563,17 @@ class IsolatedDatabase(_IsolatedBase[Engine, Database]):
     @contextmanager
     def isolated_session(self) -> Iterator[Session]:
         """One test: a session in an outer transaction that is rolled back at the end."""
-        assert self._default is not None, "call start() first"
-        conn = self.engine.connect()
+        default = self._default
+        assert default is not None, "call start() first"
+        engine = self.engine
+        dbapi, self._idle = self._idle, None
+        conn = engine.connect() if dbapi is None else Connection(engine, connection=dbapi)
+        reusable = False
         try:
-            outer = conn.begin()
-            conn.info[_OUTER] = True
-            unguard = _guard_raw_transaction_control(conn, outer)
+            outer = _start_test(conn)
             session = RepomSession(bind=conn, **self._session_options)
             try:
-                undo = _swap_defaults(self._default, self.guard)
+                undo = _swap_defaults(default, self.guard)
                 try:
                     with ExitStack() as stack:
                         for binding in self._bind_targets(conn):
@@ -452,18 +582,12 @@ class IsolatedDatabase(_IsolatedBase[Engine, Database]):
                 finally:
                     undo()
             finally:
-                conn.info.pop(_OUTER, None)
-                unguard()
-                intact = outer.is_active
-                try:
-                    if intact:  # first: the session's savepoint goes with it
-                        outer.rollback()
-                finally:
-                    session.close()
-                    if not intact:  # the test ended or replaced the outer transaction itself:
-                        conn.invalidate()  # discard the DBAPI connection, never pool it
+                reusable = _end_test(conn, outer, session)
         finally:
-            conn.close()
+            if reusable and self._idle is None and self._engine is not None:
+                self._idle = conn.connection  # stays checked out; the Connection goes
+            else:
+                conn.close()
 
 
 class AsyncIsolatedDatabase(_IsolatedBase["AsyncEngine", AsyncDatabase]):
@@ -477,7 +601,7 @@ class AsyncIsolatedDatabase(_IsolatedBase["AsyncEngine", AsyncDatabase]):
             return self._engine
         config = self._engine_config()
         engine = build_async_engine(self.url, config=config, **self._engine_kwargs(config))
-        event.listen(engine.sync_engine, "commit", _refuse_outer_commit)
+        _install_guards(engine.sync_engine)
         try:
             async with _ddl(engine).begin() as conn:
                 await conn.run_sync(_prepare_schema, self.plan)
@@ -492,7 +616,14 @@ class AsyncIsolatedDatabase(_IsolatedBase["AsyncEngine", AsyncDatabase]):
         engine, self._engine = self._engine, None
         if engine is None:
             return
+        idle, self._idle = self._idle, None
         try:
+            if idle is not None:
+                from sqlalchemy.ext.asyncio import AsyncConnection
+
+                await AsyncConnection(
+                    engine, Connection(engine.sync_engine, connection=idle)
+                ).close()
             async with _ddl(engine).begin() as conn:
                 await conn.run_sync(_drop_schema, self.plan)
         finally:
@@ -507,22 +638,25 @@ class AsyncIsolatedDatabase(_IsolatedBase["AsyncEngine", AsyncDatabase]):
 
     @asynccontextmanager
     async def isolated_session(self) -> AsyncIterator[AsyncSession]:
-        from sqlalchemy.ext.asyncio import AsyncSession
+        from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-        assert self._default is not None, "call start() first"
-        conn: AsyncConnection = await self.engine.connect()
+        default = self._default
+        assert default is not None, "call start() first"
+        engine = self.engine
+        dbapi, self._idle = self._idle, None
+        if dbapi is None:
+            conn = await engine.connect()
+        else:
+            conn = AsyncConnection(engine, Connection(engine.sync_engine, connection=dbapi))
+        reusable = False
         try:
-            outer = await conn.begin()
-            sync_conn = conn.sync_connection
-            assert sync_conn is not None
-            info = sync_conn.info
-            info[_OUTER] = True
-            unguard = _guard_raw_transaction_control(sync_conn, outer)
+            # one greenlet switch each way: the same sync steps as IsolatedDatabase
+            outer = await conn.run_sync(_start_test)
             session = AsyncSession(
                 bind=conn, sync_session_class=RepomSession, **self._session_options
             )
             try:
-                undo = _swap_defaults(self._default, self.guard)
+                undo = _swap_defaults(default, self.guard)
                 try:
                     async with AsyncExitStack() as stack:
                         for binding in self._bind_targets(conn):
@@ -531,18 +665,12 @@ class AsyncIsolatedDatabase(_IsolatedBase["AsyncEngine", AsyncDatabase]):
                 finally:
                     undo()
             finally:
-                info.pop(_OUTER, None)
-                unguard()
-                intact = outer.is_active
-                try:
-                    if intact:
-                        await outer.rollback()
-                finally:
-                    await session.close()
-                    if not intact:
-                        await conn.invalidate()
+                reusable = await conn.run_sync(_end_test, outer, session.sync_session)
         finally:
-            await conn.close()
+            if reusable and self._idle is None and self._engine is not None:
+                self._idle = conn.sync_connection.connection  # type: ignore[union-attr]
+            else:
+                await conn.close()
 
 
 def _ddl(engine: E) -> E:

@@ -25,7 +25,7 @@ error at setup.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import AsyncExitStack, ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,9 @@ from repom.testing.fixtures import (
     _import_object,
     create_async_test_fixtures,
     create_test_fixtures,
+    plugin_configured,
+    plugin_loading,
+    plugin_unconfigured,
 )
 
 if TYPE_CHECKING:
@@ -84,14 +87,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 # --------------------------------------------------------------------------- database fixtures
 
-db_engine, db_test = create_test_fixtures()
+# made while the plugin loads: they exist only where it is active, so they need no ``request``
+with plugin_loading():
+    db_engine, db_test = create_test_fixtures()
 
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - only the sync fixtures then
     pytest_asyncio = None  # type: ignore[assignment]
 else:
-    async_db_engine, async_db_test = create_async_test_fixtures()
+    with plugin_loading():
+        async_db_engine, async_db_test = create_async_test_fixtures()
 
 
 @pytest.fixture
@@ -239,6 +245,26 @@ def assert_max_queries(request: pytest.FixtureRequest) -> Callable[[int], Any]:
 
 
 # --------------------------------------------------------------------------- hooks
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    plugin_configured(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    plugin_unconfigured(config)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> Generator[None, object, object]:
+    with plugin_loading():  # conftest.py files call the fixture factories now
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session: pytest.Session) -> Generator[None, object, object]:
+    with plugin_loading():  # ... and now, for those below the root directory and test modules
+        return (yield)
 
 
 def _repom_roles(item: pytest.Item) -> list[tuple[str, bool, str]]:
