@@ -1,6 +1,6 @@
 """Testing support: every test runs in a transaction that is rolled back, app sessions included.
 
-In a ``conftest.py`` (seed 004)::
+In a ``conftest.py``::
 
     from repom.testing import create_async_test_fixtures, create_test_fixtures
 

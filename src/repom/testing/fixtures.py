@@ -1,7 +1,7 @@
 """``create_test_fixtures()`` / ``create_async_test_fixtures()``: pytest fixtures built on
 :mod:`repom.testing.isolation`.
 
-Seed 004's usage, in a ``conftest.py``::
+Usage, in a ``conftest.py``::
 
     from repom.testing import create_async_test_fixtures, create_test_fixtures
 
