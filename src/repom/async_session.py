@@ -25,11 +25,12 @@ import sys
 import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from repom.database import AsyncDatabase, get_async_database
 from repom.session import (
     EARLY_EXIT_MESSAGE,
+    NEW_TRANSACTION,
     NO_CONNECTION,
     EarlyExitWarning,
     HTTPConnection,
@@ -38,6 +39,7 @@ from repom.session import (
     warn_late_commit,
 )
 from repom.transactions import Propagation, Transaction, transaction
+from repom.transactions.core import enter_async, leave_async
 from repom.urls import convert_to_async_uri
 
 if TYPE_CHECKING:
@@ -80,16 +82,16 @@ def _session_generator(name: str, doc: str) -> Callable[..., AsyncIterator[Async
     exceptions FastAPI throws into it."""
 
     async def generator(connection: HTTPConnection = NO_CONNECTION) -> AsyncIterator[AsyncSession]:
-        tx = _new_transaction(None)
-        session = await tx.__aenter__()
-        tx._consumed_by(consumer_frame(sys._getframe()))
+        scope = await enter_async(NEW_TRANSACTION.on(get_async_database()))
+        scope.consumer = consumer_frame(sys._getframe())
+        session = cast("AsyncSession", scope.session)
         finished = False
 
         async def finish(error: BaseException | None) -> None:
             nonlocal finished
             if not finished:
                 finished = True
-                await tx.__aexit__(type(error) if error is not None else None, error, None)
+                await leave_async(scope, error)
 
         if connection is not None:
             stack = function_exit_stack(connection)

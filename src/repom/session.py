@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from repom.database import Database, get_database
 from repom.transactions import Propagation, Transaction, transaction
+from repom.transactions.core import enter_sync, leave_sync, prepare_options, shielded
 
 if TYPE_CHECKING:
     from contextlib import AsyncExitStack
@@ -116,21 +117,25 @@ def managed_session(database: Database | None = None) -> Transaction:
     return transaction(database=database or get_database(), propagation=Propagation.REQUIRES_NEW)
 
 
+#: the generators' transaction: a new one on the default database (validated once)
+NEW_TRANSACTION = prepare_options(Propagation.REQUIRES_NEW)
+
+
 def _session_generator(name: str, doc: str) -> Callable[..., Iterator[Session]]:
     """Build one of the seed's sync session generators (a generator function, as FastAPI's
     ``Depends`` requires)."""
 
     def generator(connection: HTTPConnection = NO_CONNECTION) -> Iterator[Session]:
-        tx = managed_session()
-        session = tx.__enter__()
-        tx._consumed_by(consumer_frame(sys._getframe()))
+        scope = enter_sync(NEW_TRANSACTION.on(get_database()))
+        scope.consumer = consumer_frame(sys._getframe())
+        session = cast(Session, scope.session)
         finished = False
 
         def finish(error: BaseException | None) -> None:
             nonlocal finished
             if not finished:
                 finished = True
-                tx.__exit__(type(error) if error is not None else None, error, None)
+                leave_sync(scope, error)
 
         if connection is not None:
             stack = function_exit_stack(connection)
@@ -139,7 +144,8 @@ def _session_generator(name: str, doc: str) -> Callable[..., Iterator[Session]]:
             else:
 
                 async def end_with_endpoint(_t: Any, error: BaseException | None, _tb: Any) -> bool:
-                    await asyncio.to_thread(finish, error)
+                    # a cancelled request still waits for its commit or rollback to end
+                    await shielded(asyncio.to_thread(finish, error))
                     return False
 
                 stack.push_async_exit(end_with_endpoint)

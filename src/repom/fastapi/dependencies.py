@@ -27,8 +27,14 @@ from sqlalchemy.orm import Session
 
 from repom.database import AsyncDatabase, Database
 from repom.fastapi._databases import app_async_database, app_database, register_dependency
-from repom.transactions import IsolationLevel, transaction
-from repom.transactions.core import request_transaction
+from repom.transactions import IsolationLevel
+from repom.transactions.core import (
+    enter_async,
+    enter_sync,
+    leave_async,
+    leave_sync,
+    request_options,
+)
 
 __all__ = [
     "AsyncDbSession",
@@ -50,22 +56,23 @@ def session_dependency(
 
     *database* defaults to the application's (see :func:`repom.fastapi.use_databases`), else the
     module default.  Use it with ``Depends(dep, scope="function")``; the ``DbSession`` alias does.
+    The options are checked here, once: a bad one raises
+    :class:`~repom.exceptions.InvalidTransactionOption` when the dependency is made.
     """
     if database is not None and not isinstance(database, Database):
         raise TypeError(f"database must be a repom Database, got {type(database).__name__}")
-    level = IsolationLevel.parse(isolation)
+    options = request_options(database, read_only=read_only, isolation=isolation)
 
     def request_session(request: Request) -> Iterator[Session]:
-        db = database if database is not None else app_database(request.app)
-        scope = (
-            request_transaction(db, read_only=read_only, isolation=level)
-            if database is None
-            else transaction(
-                database=db, propagation="requires_new", read_only=read_only, isolation=level
-            )
+        scope = enter_sync(
+            options.on(database if database is not None else app_database(request.app))
         )
-        with scope as session:
-            yield session
+        try:
+            yield scope.session
+        except BaseException as error:
+            leave_sync(scope, error)
+            raise
+        leave_sync(scope, None)
 
     register_dependency(request_session, is_async=False, database=database)
     return request_session
@@ -81,19 +88,18 @@ def async_session_dependency(
     transaction of the request's task, so ``@transactional`` services join it)."""
     if database is not None and not isinstance(database, AsyncDatabase):
         raise TypeError(f"database must be a repom AsyncDatabase, got {type(database).__name__}")
-    level = IsolationLevel.parse(isolation)
+    options = request_options(database, read_only=read_only, isolation=isolation)
 
     async def async_request_session(request: Request) -> AsyncIterator[AsyncSession]:
-        db = database if database is not None else app_async_database(request.app)
-        scope = (
-            request_transaction(db, read_only=read_only, isolation=level)
-            if database is None
-            else transaction(
-                database=db, propagation="requires_new", read_only=read_only, isolation=level
-            )
+        scope = await enter_async(
+            options.on(database if database is not None else app_async_database(request.app))
         )
-        async with scope as session:
-            yield session
+        try:
+            yield scope.session
+        except BaseException as error:
+            await leave_async(scope, error)
+            raise
+        await leave_async(scope, None)
 
     register_dependency(async_request_session, is_async=True, database=database)
     return async_request_session

@@ -5,7 +5,9 @@ code, ``async with`` for async code) and a decorator for sync and async function
 creates a :class:`_Scope`; every decision (propagation, validation, rollback-only marking, savepoint
 levels, ``on_commit`` bookkeeping) is made by sync code operating on a sync ``Session``.  For an
 ``AsyncSession`` the very same functions run through ``AsyncSession.run_sync`` (SQLAlchemy's
-greenlet bridge), so the async flavour differs only in how the I/O call is made.
+greenlet bridge), so the async flavour differs only in how the I/O call is made -- and when
+entering or leaving a scope talks to no database (a new transaction begins lazily; a session that
+never took a connection ends by bookkeeping), they are called directly, without the bridge.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Literal, TypeGuard, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeGuard, TypeVar, cast, overload
 
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session, SessionTransaction
@@ -113,7 +115,7 @@ class IsolationLevel(enum.Enum):
 Callback = Callable[[], Any]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Level:
     """One savepoint level of a transaction (level 0 is the transaction itself)."""
 
@@ -121,7 +123,7 @@ class _Level:
     rollback_only: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _TxState:
     """A physical transaction: its session and the bookkeeping shared by joined scopes."""
 
@@ -163,7 +165,7 @@ def _owner_token(is_async: bool) -> object:
     return threading.get_ident()
 
 
-@dataclass
+@dataclass(slots=True)
 class _Scope:
     options: _Options
     kind: _Kind = "none"
@@ -210,7 +212,11 @@ class _Options:
 
 
 def _active_scopes() -> tuple[_Scope, ...]:
-    return tuple(s for s in _stack.get() if s.active)
+    stack = _stack.get()
+    for scope in stack:
+        if not scope.active:
+            return tuple(s for s in stack if s.active)
+    return stack
 
 
 def _sync_of(session: Any) -> Session:
@@ -948,6 +954,218 @@ def _exit_sync(
     return callbacks
 
 
+# --------------------------------------------------------------------------- entering and leaving
+# One implementation of entering and leaving a scope, for the Transaction context manager, the
+# seed's session generators and the web request dependencies: ``enter_*`` returns the scope,
+# ``leave_*`` takes it back.  Async code goes through SQLAlchemy's greenlet bridge only when
+# entering or leaving talks to the database, and shields leaving without a task of its own.
+
+
+def _make_scope(opts: _Options, is_async: bool) -> tuple[_Scope, Session | None]:
+    """A new scope for *opts*, with its session when it starts one; nothing entered yet."""
+    if opts.retry is not None and opts.retry.max_retries > 0:
+        # a retry needs the function to run again: only the decorator form can do that
+        raise TransactionError(
+            "retries= needs the decorator form (@transaction(retries=...) / "
+            "@transactional(retries=...)); a with-block cannot be run again"
+        )
+    database: Database | AsyncDatabase | None = None
+    if opts.session is None:
+        database = _target_database(opts.database, is_async)
+    elif is_session(opts.session) and hasattr(opts.session, "sync_session") != is_async:
+        have = "an AsyncSession" if is_async is False else "a sync Session"
+        raise TransactionError(
+            f"got {have} for a {'sync' if not is_async else 'async'} transaction scope"
+        )
+    kind, existing = _decide(opts, is_async, database)
+    scope = _Scope(options=opts, kind=kind)
+    if kind == "join" or kind == "savepoint":
+        assert existing is not None
+        _check_join(opts, existing, kind)
+        scope.state = existing
+        return scope, existing.sync_session
+    session: Any
+    if opts.session is not None:
+        # a session the caller passed in and that is in no repom transaction: this scope owns
+        # its transaction for the call (begins it, or adopts the one SQLAlchemy autobegan)
+        session = opts.session
+    else:
+        assert database is not None
+        replica = None
+        if kind == "begin" and opts.read_only and opts.replica is not False:
+            replica = database.choose_replica()
+        session = database.replica_session(replica) if replica is not None else database.session()
+        scope.owns_session = True
+    sync = _sync_of(session)
+    if kind == "none":
+        scope.none_session = session
+        return scope, sync
+    state = scope.state = _TxState(
+        database=database,
+        session=session,
+        sync_session=sync,
+        is_async=is_async,
+        isolation=opts.isolation,
+        read_only=bool(opts.read_only),
+        owner=_owner_token(is_async),
+        stands_for_default=opts.stands_for_default,
+    )
+    if scope.owns_session and opts.read_only:
+        state.replica = sync.info.get("repom_replica")
+        if state.replica is not None:
+            state.required_lsn = _required_lsn(database)
+    return scope, sync
+
+
+def _on_primary(opts: _Options, scope: _Scope, unusable: _ReplicaUnusable) -> _Options:
+    """The replica could not serve this transaction: note it; the options pinned to the primary."""
+    state = scope.state
+    assert state is not None and state.replica is not None and state.database is not None
+    state.replica.skip(
+        state.database.name,
+        unusable.reason,
+        mark_down=unusable.reason != "behind",
+        detail=unusable.detail,
+    )
+    return replace(opts, replica=False)
+
+
+def _push(scope: _Scope) -> None:
+    _stack.set((*_active_scopes(), scope))
+
+
+def _pop(scope: _Scope) -> None:
+    scope.active = False
+    scope.consumer = None
+    stack = _stack.get()
+    if len(stack) == 1 and stack[0] is scope:
+        _stack.set(())
+    else:
+        _stack.set(_active_scopes())
+
+
+def _note_commit(scope: _Scope) -> None:
+    state = scope.state
+    if state is not None and state.commit_lsn is not None and state.database is not None:
+        causality().note(state.database.name, state.commit_lsn)
+
+
+def _enter_needs_io(scope: _Scope) -> bool:
+    """Does entering *scope* talk to the database?  A new transaction on a session of its own
+    with no characteristics to apply (isolation, read-only, timeout, ...) only marks the session:
+    SQLAlchemy sends BEGIN with the first statement."""
+    if scope.kind == "savepoint":
+        return True
+    if scope.kind != "begin":
+        return False
+    if not scope.owns_session:
+        return True  # a session passed in may hold a connection already
+    opts = scope.options
+    return bool(
+        opts.read_only
+        or opts.isolation is not None
+        or opts.timeout is not None
+        or opts.synchronous_commit_off
+        or opts.sqlite_begin
+    )
+
+
+def _exit_needs_io(scope: _Scope) -> bool:
+    """Does leaving *scope* talk to the database?  Not when its transaction never took a
+    connection and its session holds nothing to flush: then commit, rollback and close are
+    bookkeeping only (a request that never touched the database ends without I/O)."""
+    kind = scope.kind
+    if kind == "join":
+        return False
+    if kind == "savepoint":
+        return True
+    sync = scope.sync_session
+    if sync is None:
+        return False
+    if kind == "none" and not scope.owns_session:
+        return False
+    transaction = sync.get_transaction()
+    if transaction is not None and getattr(transaction, "_connections", True):
+        return True
+    if sync.dispatch.before_commit:
+        return True  # a listener may run statements while the transaction commits
+    return not sync._is_clean()
+
+
+def enter_sync(opts: _Options) -> _Scope:
+    """Enter a sync scope (what ``with transaction(...)`` does); the scope is on the stack."""
+    scope, sync = _make_scope(opts, False)
+    try:
+        if _waits_for_replay(scope.state) and not _wait_for_replay(scope.state):
+            raise _ReplicaUnusable("behind", "replay did not catch up in time")
+        _enter_sync(sync, scope)
+    except _ReplicaUnusable as unusable:
+        if sync is not None:
+            sync.close()
+        return enter_sync(_on_primary(opts, scope, unusable))
+    except Exception as exc:
+        _raise_translated(exc)
+        raise
+    _push(scope)
+    return scope
+
+
+def leave_sync(scope: _Scope, error: BaseException | None) -> None:
+    """Leave a scope entered with :func:`enter_sync` (*error*: what ended it, or None)."""
+    try:
+        callbacks = _exit_sync(scope.sync_session, scope, error)
+    finally:
+        _pop(scope)
+    _note_commit(scope)
+    _raise_translated(error)
+    if callbacks:
+        _run_callbacks_sync(callbacks)
+
+
+async def enter_async(opts: _Options) -> _Scope:
+    """Enter an async scope (what ``async with transaction(...)`` does).  Through SQLAlchemy's
+    greenlet bridge only when entering talks to the database."""
+    scope, sync = _make_scope(opts, True)
+    if scope.kind == "begin" or scope.kind == "savepoint":
+        state = scope.state
+        assert state is not None
+        async_session = cast("AsyncSession", state.session)
+        try:
+            if _waits_for_replay(state) and not await _await_replay(state):
+                raise _ReplicaUnusable("behind", "replay did not catch up in time")
+            if _enter_needs_io(scope):
+                await async_session.run_sync(_enter_sync, scope)
+            else:
+                _enter_sync(sync, scope)
+        except _ReplicaUnusable as unusable:
+            await shielded(async_session.close())
+            return await enter_async(_on_primary(opts, scope, unusable))
+        except BaseException as exc:
+            if scope.owns_session and scope.kind == "begin":
+                await shielded(async_session.close())
+            _raise_translated(exc)
+            raise
+    _push(scope)
+    return scope
+
+
+async def leave_async(scope: _Scope, error: BaseException | None) -> None:
+    """Leave a scope entered with :func:`enter_async`.  Commit, rollback and close run to the
+    end even when the task is cancelled meanwhile (the cancellation is raised afterwards)."""
+    try:
+        if _exit_needs_io(scope):
+            async_session = cast("AsyncSession", scope.session)
+            callbacks = await shielded(async_session.run_sync(_exit_sync, scope, error))
+        else:
+            callbacks = _exit_sync(scope.sync_session, scope, error)
+    finally:
+        _pop(scope)
+    _note_commit(scope)
+    _raise_translated(error)
+    if callbacks:
+        await _run_callbacks_async(callbacks)
+
+
 # --------------------------------------------------------------------------- Transaction
 
 
@@ -972,148 +1190,6 @@ class Transaction:
     def __init__(self, options: _Options) -> None:
         self._options = options
 
-    # -- scope creation ----------------------------------------------------------------
-
-    def _resolve_database(self, is_async: bool) -> Database | AsyncDatabase:
-        return _target_database(self._options.database, is_async)
-
-    def _new_scope(self, is_async: bool) -> tuple[_Scope, Session | None]:
-        opts = self._options
-        if opts.retry is not None and opts.retry.max_retries > 0:
-            # a retry needs the function to run again: only the decorator form can do that
-            raise TransactionError(
-                "retries= needs the decorator form (@transaction(retries=...) / "
-                "@transactional(retries=...)); a with-block cannot be run again"
-            )
-        database: Database | AsyncDatabase | None = None
-        if opts.session is None:
-            database = self._resolve_database(is_async)
-        elif is_session(opts.session) and hasattr(opts.session, "sync_session") != is_async:
-            have = "an AsyncSession" if is_async is False else "a sync Session"
-            raise TransactionError(
-                f"got {have} for a {'sync' if not is_async else 'async'} transaction scope"
-            )
-        kind, existing = _decide(opts, is_async, database)
-        scope = _Scope(options=opts, kind=kind)
-        if kind in ("join", "savepoint"):
-            assert existing is not None
-            _check_join(opts, existing, kind)
-            scope.state = existing
-            return scope, existing.sync_session
-        session: Any
-        if opts.session is not None:
-            # a session the caller passed in and that is in no repom transaction: this scope owns
-            # its transaction for the call (begins it, or adopts the one SQLAlchemy autobegan)
-            session = opts.session
-            scope.owns_session = False
-        else:
-            assert database is not None
-            replica = None
-            if kind == "begin" and opts.read_only and opts.replica is not False:
-                replica = database.choose_replica()
-            if replica is not None:
-                session = database.replica_session(replica)
-            else:
-                session = database.session()
-            scope.owns_session = True
-        sync = _sync_of(session)
-        if kind == "none":
-            scope.none_session = session
-            return scope, sync
-        scope.state = _TxState(
-            database=database,
-            session=session,
-            sync_session=sync,
-            is_async=is_async,
-            isolation=opts.isolation,
-            read_only=bool(opts.read_only),
-            owner=_owner_token(is_async),
-            stands_for_default=opts.stands_for_default,
-        )
-        if opts.session is None and scope.owns_session:
-            scope.state.replica = sync.info.get("repom_replica")
-            if scope.state.replica is not None:
-                scope.state.required_lsn = _required_lsn(database)
-        return scope, sync
-
-    def _to_primary(self, scope: _Scope, unusable: _ReplicaUnusable) -> Transaction:
-        """The replica could not serve this transaction: note it, and pin it to the primary.
-        The caller enters the returned transaction and hands its scope to :meth:`_adopt`."""
-        self._skip_replica(scope, unusable)
-        return self._on_primary()
-
-    def _adopt(self, primary: Transaction) -> None:
-        """This object's exit closes the primary scope entered in its stead."""
-        self._entered().append(primary._take_entered())
-
-    def _on_primary(self) -> Transaction:
-        """The same transaction pinned to the primary (a replica could not serve it)."""
-        return Transaction(replace(self._options, replica=False))
-
-    def _skip_replica(self, scope: _Scope, error: _ReplicaUnusable) -> None:
-        state = scope.state
-        assert state is not None and state.replica is not None and state.database is not None
-        state.replica.skip(
-            state.database.name,
-            error.reason,
-            mark_down=error.reason != "behind",
-            detail=error.detail,
-        )
-
-    @staticmethod
-    def _note_commit(scope: _Scope) -> None:
-        state = scope.state
-        if state is not None and state.commit_lsn is not None and state.database is not None:
-            causality().note(state.database.name, state.commit_lsn)
-
-    @staticmethod
-    def _push(scope: _Scope) -> None:
-        _stack.set((*_active_scopes(), scope))
-
-    @staticmethod
-    def _pop(scope: _Scope) -> None:
-        scope.active = False
-        scope.consumer = None
-        _stack.set(_active_scopes())
-
-    # -- sync --------------------------------------------------------------------------
-
-    def __enter__(self) -> Session:
-        scope, sync = self._new_scope(False)
-        try:
-            if _waits_for_replay(scope.state) and not _wait_for_replay(scope.state):
-                raise _ReplicaUnusable("behind", "replay did not catch up in time")
-            _enter_sync(sync, scope)
-        except _ReplicaUnusable as unusable:
-            if sync is not None:
-                sync.close()
-            primary = self._to_primary(scope, unusable)
-            session = primary.__enter__()
-            self._adopt(primary)
-            return session
-        except Exception as exc:
-            _raise_translated(exc)
-            raise
-        self._push(scope)
-        self._entered().append(scope)
-        return cast(Session, scope.session)
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        scope = self._take_entered()
-        try:
-            callbacks = _exit_sync(scope.sync_session, scope, exc)
-        finally:
-            self._pop(scope)
-        self._note_commit(scope)
-        _raise_translated(exc)
-        if callbacks:
-            _run_callbacks_sync(callbacks)
-
-    def _consumed_by(self, frame: FrameType | None) -> None:
-        """The scope just entered belongs to a session generator consumed by a loop in *frame*:
-        only code running inside that frame may join it (see :func:`_abandoned`)."""
-        self._entered()[-1].consumer = frame
-
     def _entered(self) -> list[_Scope]:
         scopes: list[_Scope] | None = self.__dict__.get("_scopes")
         if scopes is None:
@@ -1126,48 +1202,33 @@ class Transaction:
         the exit runs in another context (an abandoned generator closed by the event loop), the
         newest one entered."""
         scopes = self._entered()
+        if len(scopes) == 1:
+            return scopes.pop()
         on_stack = _stack.get()
         for index in range(len(scopes) - 1, -1, -1):
             if any(scopes[index] is s for s in on_stack):
                 return scopes.pop(index)
         return scopes.pop()
 
+    # -- sync --------------------------------------------------------------------------
+
+    def __enter__(self) -> Session:
+        scope = enter_sync(self._options)
+        self._entered().append(scope)
+        return cast(Session, scope.session)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        leave_sync(self._take_entered(), exc)
+
     # -- async -------------------------------------------------------------------------
 
     async def __aenter__(self) -> AsyncSession:
-        scope, _sync = self._new_scope(True)
-        if scope.kind in ("begin", "savepoint"):
-            assert scope.state is not None
-            async_session = cast("AsyncSession", scope.state.session)
-            try:
-                if _waits_for_replay(scope.state) and not await _await_replay(scope.state):
-                    raise _ReplicaUnusable("behind", "replay did not catch up in time")
-                await async_session.run_sync(_enter_sync, scope)
-            except _ReplicaUnusable as unusable:
-                await _shielded(async_session.close())
-                primary = self._to_primary(scope, unusable)
-                session = await primary.__aenter__()
-                self._adopt(primary)
-                return session
-            except BaseException as exc:
-                if scope.owns_session and scope.kind == "begin":
-                    await _shielded(async_session.close())
-                _raise_translated(exc)
-                raise
-        self._push(scope)
+        scope = await enter_async(self._options)
         self._entered().append(scope)
         return cast("AsyncSession", scope.session)
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        scope = self._take_entered()
-        try:
-            callbacks = await _shielded(_aexit_scope(scope, exc))
-        finally:
-            self._pop(scope)
-        self._note_commit(scope)
-        _raise_translated(exc)
-        if callbacks:
-            await _run_callbacks_async(callbacks)
+        await leave_async(self._take_entered(), exc)
 
     # -- decorator ---------------------------------------------------------------------
 
@@ -1257,30 +1318,114 @@ def _raise_translated(error: BaseException | None) -> None:
         raise new from error
 
 
-async def _aexit_scope(scope: _Scope, error: BaseException | None) -> list[Callback]:
-    """:func:`_exit_sync` for an async scope: through the greenlet bridge when there is I/O."""
-    if scope.kind == "join" or scope.session is None:
-        return _exit_sync(None, scope, error)
-    async_session = cast("AsyncSession", scope.session)
-    return await async_session.run_sync(_exit_sync, scope, error)
+class _Shielded(Generic[T]):
+    """``await shielded(coro)``: run *coro* to the end in the current task even when the task is
+    cancelled meanwhile; the cancellation is raised once *coro* finished.
 
+    No task of its own (``asyncio.shield`` would start one per call) and no extra turn of the
+    event loop: while *coro* waits on a future, the task waits on a :class:`_StandIn` for it,
+    which wakes the task when the future completes but refuses ``cancel()``.  ``Task.cancel()``
+    then only marks the task; the database operation *coro* waits for is never cancelled, and
+    the task raises ``CancelledError`` into this shield when it wakes up."""
 
-async def _shielded(awaitable: Awaitable[T]) -> T:
-    """Run cleanup to completion even if the surrounding task is cancelled meanwhile."""
-    task = asyncio.ensure_future(awaitable)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        # the cleanup goes on in its own task; wait for it so no connection is left checked
-        # out, then let the cancellation continue
-        while not task.done():
+    __slots__ = ("_coro",)
+
+    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
+        self._coro = coro
+
+    def __await__(self) -> Generator[Any, None, T]:
+        coro = self._coro
+        cancelled: BaseException | None = None
+        error: BaseException | None = None
+        while True:
             try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                continue
-            except BaseException:
+                if error is not None:
+                    waited = coro.throw(error)
+                    error = None
+                else:
+                    waited = coro.send(None)
+            except StopIteration as done:
+                result: T = done.value
                 break
-        raise
+            except BaseException as failure:
+                if cancelled is not None:
+                    raise cancelled from failure  # the cancellation wins, as with a task
+                raise
+            if getattr(waited, "_asyncio_future_blocking", None) is None:
+                # a bare yield (asyncio.sleep(0)) or something the task itself must judge
+                try:
+                    yield waited
+                except asyncio.CancelledError as exc:
+                    cancelled = cancelled or exc
+                except GeneratorExit:
+                    coro.close()
+                    raise
+                except BaseException as exc:
+                    error = exc
+                continue
+            waited._asyncio_future_blocking = False
+            stand_in = _StandIn(waited)
+            while not waited.done():
+                try:
+                    yield stand_in
+                except asyncio.CancelledError as exc:
+                    if not waited.cancelled():  # else: the future's own outcome, for *coro*
+                        cancelled = cancelled or exc
+                except GeneratorExit:
+                    coro.close()
+                    raise
+                except BaseException as exc:
+                    # the future's failure, which *coro* reads from the future itself; anything
+                    # else thrown in meanwhile goes on to *coro*
+                    if not waited.done():
+                        error = exc
+                        break
+                stand_in._asyncio_future_blocking = True
+        if cancelled is not None:
+            raise cancelled
+        return result
+
+
+class _StandIn:
+    """What a task waits on while :class:`_Shielded` code waits on *future*: it completes with
+    the future (the task's wake-up callback goes on the future itself), but ``cancel()``
+    refuses, so a cancelled task waits for the future and raises afterwards."""
+
+    __slots__ = ("_asyncio_future_blocking", "_future")
+
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self._future = future
+        self._asyncio_future_blocking = True
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._future.get_loop()
+
+    def add_done_callback(self, fn: Callable[[Any], object], *, context: Any = None) -> None:
+        self._future.add_done_callback(fn, context=context)
+
+    def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
+        return self._future.remove_done_callback(fn)
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False  # the task stays marked as cancelled and is woken by the future
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self) -> Any:
+        return self._future.result()
+
+    def __repr__(self) -> str:
+        return f"<shielded wait for {self._future!r}>"
+
+
+def shielded(coro: Coroutine[Any, Any, T]) -> _Shielded[T]:
+    """Run cleanup to completion even if the surrounding task is cancelled meanwhile (the
+    cancellation is raised afterwards); see :class:`_Shielded`."""
+    return _Shielded(coro)
 
 
 def _refuse_joined_retry(options: _Options, is_async: bool) -> None:
@@ -1515,19 +1660,44 @@ def transactional(
     return tx
 
 
-def request_transaction(
-    database: Database | AsyncDatabase,
+class PreparedOptions:
+    """Transaction options validated once -- by a request dependency or a session generator
+    when it is created -- and bound to a database per use (the application's database, known
+    per request).  Binding to the same database again costs a comparison."""
+
+    __slots__ = ("_base", "_last")
+
+    def __init__(self, options: _Options) -> None:
+        self._base = options
+        self._last: tuple[Database | AsyncDatabase, _Options] | None = None
+
+    def on(self, database: Database | AsyncDatabase | None) -> _Options:
+        """These options on *database* (None: the one they were prepared with, if any, else
+        the module default of the flavour in use)."""
+        base = self._base
+        if database is None or database is base.database:
+            return base
+        last = self._last
+        if last is not None and last[0] is database:
+            return last[1]
+        options = replace(base, database=database)
+        self._last = (database, options)
+        return options
+
+
+def prepare_options(
+    propagation: Propagation | str = Propagation.REQUIRED,
     *,
+    database: Database | AsyncDatabase | None = None,
     read_only: bool | None = None,
     isolation: IsolationLevel | str | None = None,
-) -> Transaction:
-    """The transaction of one web request on the application's database (used by
-    :mod:`repom.fastapi`): a new transaction that services defaulting to the module default
-    database join, so an application whose database is attached to it needs no ``database=`` on
-    its services."""
-    return Transaction(
+    stands_for_default: bool = False,
+) -> PreparedOptions:
+    """Validate transaction options once (bad ones raise here, typed) for scopes entered later
+    with :func:`enter_sync` / :func:`enter_async`."""
+    return PreparedOptions(
         _build_options(
-            Propagation.REQUIRES_NEW,
+            propagation,
             isolation,
             read_only,
             None,
@@ -1535,8 +1705,27 @@ def request_transaction(
             database,
             None,
             False,
-            stands_for_default=True,
+            stands_for_default=stands_for_default,
         )
+    )
+
+
+def request_options(
+    database: Database | AsyncDatabase | None = None,
+    *,
+    read_only: bool | None = None,
+    isolation: IsolationLevel | str | None = None,
+) -> PreparedOptions:
+    """The transaction of a web request (used by :mod:`repom.fastapi`): always a new one.  With
+    no *database* it runs on the application's database, given per request, and services that
+    default to the module default database join it too, so an application whose database is
+    attached to it needs no ``database=`` on its services."""
+    return prepare_options(
+        Propagation.REQUIRES_NEW,
+        database=database,
+        read_only=read_only,
+        isolation=isolation,
+        stands_for_default=database is None,
     )
 
 
