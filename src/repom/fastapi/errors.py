@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse
 from fastapi.utils import is_body_allowed_for_status_code
 from pydantic_core import PydanticSerializationError
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.exc import MissingGreenlet, NoInspectionAvailable, SQLAlchemyError
+from sqlalchemy.exc import MissingGreenlet, NoInspectionAvailable, SQLAlchemyError, StatementError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -143,7 +143,8 @@ def error_mapping(
     error: BaseException, overrides: Mapping[type[BaseException], ErrorMapping] | None = None
 ) -> ErrorMapping:
     """The mapping for *error*: the most specific class in its MRO wins."""
-    for cls in type(error).__mro__:
+    kind = MissingGreenlet if _is_missing_greenlet(error) else type(error)
+    for cls in kind.__mro__:
         if overrides and cls in overrides:
             return overrides[cls]
         found = MAPPINGS.get(cls)
@@ -211,7 +212,9 @@ def _lazy_load_in_validation(errors: Sequence[Any]) -> LazyLoad | None:
         if not isinstance(item, Mapping) or item.get("type") != "get_attribute_error":
             continue
         context = item.get("ctx") or {}
-        if not str(context.get("error", "")).startswith(MissingGreenlet.__name__):
+        text = str(context.get("error", ""))
+        # "MissingGreenlet: ..." (SQLAlchemy 2.0), "StatementError: (...MissingGreenlet) ..." (2.1)
+        if not text.startswith(MissingGreenlet.__name__) and ".MissingGreenlet)" not in text[:80]:
             continue
         loc = item.get("loc") or ()
         attribute = loc[-1] if loc else None
@@ -248,12 +251,20 @@ def _lazy_load_in_traceback(error: BaseException) -> LazyLoad | None:
     return None
 
 
+def _is_missing_greenlet(error: BaseException) -> bool:
+    """A lazy load in async code: ``MissingGreenlet`` itself (SQLAlchemy 2.0), or the
+    ``StatementError`` that wraps it (SQLAlchemy 2.1)."""
+    if isinstance(error, MissingGreenlet):
+        return True
+    return isinstance(error, StatementError) and isinstance(error.orig, MissingGreenlet)
+
+
 def lazy_load_detail(error: BaseException) -> LazyLoad | None:
     """What was being lazily loaded when *error* (a ``MissingGreenlet``, directly or inside a
     ``ResponseValidationError``) happened, when that can be told."""
     if isinstance(error, ResponseValidationError):
         return _lazy_load_in_validation(error.errors())
-    if isinstance(error, MissingGreenlet):
+    if _is_missing_greenlet(error):
         return _lazy_load_in_traceback(error)
     return None
 
@@ -361,7 +372,8 @@ def _log(error: BaseException, mapping: ErrorMapping, request: Request) -> None:
     if mapping is _LAZY:
         found = lazy_load_detail(error)
         what = found.detail() if found is not None else _GENERIC_LAZY
-        logger.error("%s failed: %s: %s", where, type(error).__name__, what, exc_info=error)
+        name = MissingGreenlet.__name__ if _is_missing_greenlet(error) else type(error).__name__
+        logger.error("%s failed: %s: %s", where, name, what, exc_info=error)
     elif isinstance(error, ResponseValidationError):
         logger.error(
             "%s failed: the response did not validate: %s",
@@ -429,7 +441,9 @@ def install_exception_handlers(
         raise ValueError("retry_after must be >= 0")
 
     async def handle(request: Request, error: Exception) -> Response:
-        translated = exc.translate(error)
+        # a lazy load stays itself (SQLAlchemy 2.1 wraps it in a StatementError, which
+        # translate() would take for a value the driver could not send)
+        translated = error if _is_missing_greenlet(error) else exc.translate(error)
         if isinstance(translated, ResponseValidationError) and _is_lazy_load(translated):
             # the response model read an unloaded attribute: answered as the MissingGreenlet
             # that pydantic wrapped
