@@ -338,3 +338,8 @@ def write_chain(project: Path, count: int, *, prefix: str = "r") -> list[str]:
         )
         down = rev
     return revisions
+
+
+def user_tables(url: str) -> set[str]:
+    """The tables the test migrations created (``t_<revision>``)."""
+    return {table for table in db_state(url).tables if table.startswith("t_")}

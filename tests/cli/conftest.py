@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
+
+from tests.support import require_postgres
 
 
 def _admin_conninfo(pg_url: str) -> str:
@@ -19,6 +22,16 @@ def create_pg_database(pg_url: str, name: str) -> None:
 
     with psycopg.connect(_admin_conninfo(pg_url), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def backend_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh database for one CLI test: a scratch PostgreSQL database, or a SQLite file."""
+    if backend == "postgresql":
+        require_postgres()
+        url: str = request.getfixturevalue("pg_scratch")
+        create_pg_database(request.getfixturevalue("pg_url"), make_url(url).database or "")
+        return url
+    return f"sqlite:///{tmp_path / 'dev.sqlite3'}"
 
 
 def pg_database_exists(pg_url: str, name: str) -> bool:

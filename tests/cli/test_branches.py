@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from tests.cli._support import (
     Result,
@@ -19,17 +18,7 @@ from tests.cli._support import (
     run,
     write_migration,
 )
-from tests.cli.conftest import create_pg_database
-from tests.support import require_postgres
-
-
-def _url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if backend == "postgresql":
-        require_postgres()
-        url: str = request.getfixturevalue("pg_scratch")
-        create_pg_database(request.getfixturevalue("pg_url"), make_url(url).database or "")
-        return url
-    return f"sqlite:///{tmp_path / 'dev.sqlite3'}"
+from tests.cli.conftest import backend_url
 
 
 def _table(rev: str) -> tuple[str, str]:
@@ -51,7 +40,7 @@ def _versions(project: Path) -> set[str]:
 def test_fork_merge_show_history(
     backend: str, flavour: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    url = _url(backend, tmp_path, request)
+    url = backend_url(backend, tmp_path, request)
     project = tmp_path / "proj"
     project.mkdir()
     env = cli_env(url)

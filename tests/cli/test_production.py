@@ -17,23 +17,10 @@ from tests.cli._support import (
     db_state,
     run,
     run_tty,
+    user_tables,
     write_chain,
 )
-from tests.cli.conftest import create_pg_database
-from tests.support import require_postgres
-
-
-def _url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if backend == "postgresql":
-        require_postgres()
-        url: str = request.getfixturevalue("pg_scratch")
-        create_pg_database(request.getfixturevalue("pg_url"), make_url(url).database or "")
-        return url
-    return f"sqlite:///{tmp_path / 'dev.sqlite3'}"
-
-
-def _tables(url: str) -> set[str]:
-    return {table for table in db_state(url).tables if table.startswith("t_")}
+from tests.cli.conftest import backend_url
 
 
 @pytest.mark.parametrize(
@@ -44,7 +31,7 @@ def _tables(url: str) -> set[str]:
 def test_downgrade_in_production_asks_or_needs_yes(
     backend: str, flavour: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    url = _url(backend, tmp_path, request)
+    url = backend_url(backend, tmp_path, request)
     project = tmp_path / "proj"
     project.mkdir()
     run(["db", "init", *(["--async"] if flavour == "async" else [])], project, cli_env(url))
@@ -64,7 +51,7 @@ def test_downgrade_in_production_asks_or_needs_yes(
     if password:
         assert password not in result.output
     assert db_state(url).versions == ["r03"]
-    assert _tables(url) == {f"t_{rev}" for rev in revisions}
+    assert user_tables(url) == {f"t_{rev}" for rev in revisions}
 
     # at a terminal: what would be undone is listed, newest first; "n" changes nothing
     result = run_tty(["db", "downgrade", "base"], project, production, answer="n")
@@ -90,13 +77,13 @@ def test_downgrade_in_production_asks_or_needs_yes(
     assert "this undoes 1 migration(s)" in result.stdout
     assert "Downgrade r03 -> r02: r03 manual" in result.stdout
     assert db_state(url).versions == ["r02"]
-    assert _tables(url) == {"t_r01", "t_r02"}
+    assert user_tables(url) == {"t_r01", "t_r02"}
 
     # --yes: no question, no terminal needed
     result = run(["db", "downgrade", "base", "--yes"], project, production)
     assert "Downgrade r01 -> base: r01 manual" in result.stdout
     assert db_state(url).versions == []
-    assert _tables(url) == set()
+    assert user_tables(url) == set()
 
     # nothing applied any more: nothing to confirm
     result = run_tty(["db", "downgrade", "base"], project, production)
@@ -129,7 +116,7 @@ def test_a_planned_downgrade_refuses_when_the_database_moved(
     with pytest.raises(MigrationError, match=r"database changed .* nothing was changed"):
         migrations.downgrade("base", expect=[info.revision for info in plan])
     assert db_state(url).versions == ["r03"]
-    assert _tables(url) == {"t_r01", "t_r02", "t_r03"}
+    assert user_tables(url) == {"t_r01", "t_r02", "t_r03"}
 
     steps = migrations.downgrade("base", expect=["r03", "r02", "r01"])
     assert [step.revision for step in steps] == ["r03", "r02", "r01"]

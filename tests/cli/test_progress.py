@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from tests.cli._support import (
     assert_one_line_error,
@@ -15,27 +14,14 @@ from tests.cli._support import (
     db_state,
     run,
     run_tty,
+    user_tables,
     write_chain,
     write_migration,
 )
-from tests.cli.conftest import create_pg_database
-from tests.support import require_postgres
+from tests.cli.conftest import backend_url
 
 COUNT = 30
 TOOK = r"\((\d+ ms|\d+\.\d s|\d+ min \d+ s)\)"
-
-
-def _url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if backend == "postgresql":
-        require_postgres()
-        url: str = request.getfixturevalue("pg_scratch")
-        create_pg_database(request.getfixturevalue("pg_url"), make_url(url).database or "")
-        return url
-    return f"sqlite:///{tmp_path / 'dev.sqlite3'}"
-
-
-def _tables(url: str) -> set[str]:
-    return {table for table in db_state(url).tables if table.startswith("t_")}
 
 
 @pytest.mark.parametrize(
@@ -46,7 +32,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_and_downgrade_report_every_revision(
     backend: str, flavour: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    url = _url(backend, tmp_path, request)
+    url = backend_url(backend, tmp_path, request)
     project = tmp_path / "proj"
     project.mkdir()
     env = cli_env(url)
@@ -67,7 +53,7 @@ def test_upgrade_and_downgrade_report_every_revision(
     assert lines[13].startswith("[14/30] Upgrade r13 -> r14: r14 manual (")
     assert lines[14].startswith("Rolled back: the 14 step(s) above ran in the failed run's")
     assert db_state(url).versions == []
-    assert _tables(url) == set()
+    assert user_tables(url) == set()
 
     # fixed: 30 lines in order, each with its counter and its time, then the outcome
     write_chain(project, COUNT)
@@ -81,7 +67,7 @@ def test_upgrade_and_downgrade_report_every_revision(
     assert lines[-1] == f"Database at {revisions[-1]}."
     assert "\x1b[" not in result.stdout and "━" not in result.stdout  # plain: no bar, no colour
     assert db_state(url).versions == [revisions[-1]]
-    assert _tables(url) == {f"t_{rev}" for rev in revisions}
+    assert user_tables(url) == {f"t_{rev}" for rev in revisions}
 
     # on a terminal: a progress bar counting the migrations, and the same lines
     result = run_tty(["db", "downgrade", "r20"], project, env)
@@ -95,7 +81,7 @@ def test_upgrade_and_downgrade_report_every_revision(
     ]
     assert "Database at r20." in result.stdout
     assert db_state(url).versions == ["r20"]
-    assert _tables(url) == {f"t_{rev}" for rev in revisions[:20]}
+    assert user_tables(url) == {f"t_{rev}" for rev in revisions[:20]}
 
     # one migration: no counter
     result = run(["db", "upgrade", "r21"], project, env)
